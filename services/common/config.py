@@ -1,0 +1,364 @@
+"""Gateway configuration: command-line flags with ``CHAT_*`` environment defaults.
+
+Every setting has a flag (``--redis-url``) and an environment variable
+(``CHAT_REDIS_URL``); the flag wins.  Durations end in ``_s`` and accept ``inf``
+(or ``off``) to switch a timeout off.  Invalid configuration raises
+:class:`ConfigError` with one human-readable line; the entry point prints it and
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message is one line for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisURL:
+    """A parsed ``redis://[user:password@]host:port/db`` URL."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    def __str__(self) -> str:
+        auth = ""
+        if self.password is not None:
+            auth = f"{self.username or ''}:***@"
+        return f"redis://{auth}{self.host}:{self.port}/{self.db}"
+
+
+def _default_gateway_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "gw"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+# -- parsers: each takes the raw string and returns the value or raises ValueError --
+
+
+def parse_host_port(raw: str) -> HostPort:
+    raw = raw.strip()
+    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\s]*):(\d+)", raw)
+    if not m:
+        raise ValueError(f"expected HOST:PORT, got {raw!r}")
+    host = m.group(1) or m.group(3) or "0.0.0.0"
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {raw!r}")
+    return HostPort(host, port)
+
+
+def parse_optional_host_port(raw: str) -> HostPort | None:
+    if raw.strip().lower() in ("", "off", "none"):
+        return None
+    return parse_host_port(raw)
+
+
+def parse_redis_url(raw: str) -> RedisURL:
+    parts = urlsplit(raw.strip())
+    if parts.scheme != "redis":
+        raise ValueError(f"expected redis://host:port/db, got {raw!r}")
+    try:
+        port = parts.port or 6379
+    except ValueError as exc:
+        raise ValueError(f"bad port in {raw!r}") from exc
+    path = parts.path.lstrip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"database must be a number in {raw!r}")
+    return RedisURL(
+        host=parts.hostname or "127.0.0.1",
+        port=port,
+        db=int(path or 0),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+def parse_duration(raw: str) -> float:
+    text = raw.strip().lower()
+    if text in ("inf", "off", "none", "0"):
+        return math.inf if text != "0" else 0.0
+    value = float(text)
+    if value < 0 or math.isnan(value):
+        raise ValueError(f"expected a non-negative number of seconds, got {raw!r}")
+    return value
+
+
+def parse_positive_int(raw: str) -> int:
+    value = int(raw.strip())
+    if value <= 0:
+        raise ValueError(f"expected a positive integer, got {raw!r}")
+    return value
+
+
+def parse_non_negative_int(raw: str) -> int:
+    value = int(raw.strip())
+    if value < 0:
+        raise ValueError(f"expected zero or a positive integer, got {raw!r}")
+    return value
+
+
+def parse_gateway_id(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", raw):
+        raise ValueError(f"gateway id must be 1-64 of A-Z a-z 0-9 _ . -, got {raw!r}")
+    return raw
+
+
+def parse_log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("json", "console", "auto"):
+        raise ValueError(f"expected json, console or auto, got {raw!r}")
+    return value
+
+
+def parse_log_level(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"expected debug, info, warning or error, got {raw!r}")
+    return value
+
+
+def parse_room(raw: str) -> str:
+    from services.gateway.protocol import validate_room  # local: protocol owns the rules
+
+    problem = validate_room(raw)
+    if problem:
+        raise ValueError(problem)
+    return raw
+
+
+def parse_prefix(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{0,32}", raw):
+        raise ValueError(f"key prefix must be up to 32 of A-Z a-z 0-9 _ . : -, got {raw!r}")
+    return raw
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def parse_networks(raw: str) -> tuple[str, ...]:
+    import ipaddress
+
+    nets = tuple(n.strip() for n in raw.split(",") if n.strip())
+    for net in nets:
+        ipaddress.ip_network(net, strict=False)
+    return nets
+
+
+def _setting(
+    default: str,
+    parse: Callable[[str], Any],
+    help: str,
+    *,
+    metavar: str = "VALUE",
+) -> Any:
+    return field(
+        default=parse(default) if default != "<generated>" else None,
+        metadata={"raw_default": default, "parse": parse, "help": help, "metavar": metavar},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a gateway can be told.  Build with :func:`load_settings`."""
+
+    listen: HostPort = _setting(
+        "127.0.0.1:7000", parse_host_port, "TCP address for chat clients", metavar="HOST:PORT"
+    )
+    redis_url: RedisURL = _setting(
+        "redis://127.0.0.1:6379/0",
+        parse_redis_url,
+        "Redis to share with the other gateways (password and db in the URL)",
+        metavar="URL",
+    )
+    gateway_id: str = _setting(
+        "<generated>",
+        parse_gateway_id,
+        "unique name of this gateway in the cluster (default: host-pid-random)",
+        metavar="ID",
+    )
+    log_format: str = _setting(
+        "auto", parse_log_format, "json, console, or auto (json unless stdout is a terminal)"
+    )
+    log_level: str = _setting("info", parse_log_level, "debug, info, warning or error")
+    key_prefix: str = _setting(
+        "chat:", parse_prefix, "prefix of every Redis key and channel", metavar="PREFIX"
+    )
+    max_line_bytes: int = _setting(
+        "4096", parse_positive_int, "longest accepted client line, in bytes", metavar="N"
+    )
+    outbox_bytes: int = _setting(
+        "262144",
+        parse_positive_int,
+        "per-client output buffer; a client exceeding it is disconnected",
+        metavar="N",
+    )
+    max_clients: int = _setting(
+        "10000", parse_positive_int, "connections this gateway accepts at once", metavar="N"
+    )
+    default_room: str = _setting("#lobby", parse_room, "room every client starts in", metavar="ROOM")
+    history_size: int = _setting(
+        "50",
+        parse_non_negative_int,
+        "messages replayed when joining a room (0 turns history off)",
+        metavar="N",
+    )
+    redis_timeout_s: float = _setting(
+        "2.0", parse_duration, "deadline for every Redis command and connect", metavar="SECONDS"
+    )
+    heartbeat_interval_s: float = _setting(
+        "2.0", parse_duration, "how often the gateway renews its lease", metavar="SECONDS"
+    )
+    heartbeat_ttl_s: float = _setting(
+        "10.0",
+        parse_duration,
+        "lease lifetime; a gateway silent this long is declared dead",
+        metavar="SECONDS",
+    )
+    canary_interval_s: float = _setting(
+        "2.0",
+        parse_duration,
+        "how often the subscriber loop proves it is alive",
+        metavar="SECONDS",
+    )
+    canary_timeout_s: float = _setting(
+        "5.0",
+        parse_duration,
+        "a canary not back within this time marks the subscriber dead",
+        metavar="SECONDS",
+    )
+    drain_timeout_s: float = _setting(
+        "10.0", parse_duration, "graceful shutdown deadline", metavar="SECONDS"
+    )
+    idle_timeout_s: float = _setting(
+        "inf",
+        parse_duration,
+        "disconnect clients silent this long (inf = off)",
+        metavar="SECONDS",
+    )
+    nick_timeout_s: float = _setting(
+        "inf",
+        parse_duration,
+        "disconnect clients that have not chosen a nickname this long (inf = off)",
+        metavar="SECONDS",
+    )
+    flood_burst: int = _setting(
+        "10", parse_positive_int, "lines a client may send at once before throttling", metavar="N"
+    )
+    flood_rate: float = _setting(
+        "5", parse_duration, "lines per second a client may sustain", metavar="PER_SECOND"
+    )
+    http_listen: HostPort | None = _setting(
+        "off",
+        parse_optional_host_port,
+        "HTTP address for /healthz, /readyz, /metrics (off = none)",
+        metavar="HOST:PORT",
+    )
+    proxy_protocol: bool = _setting(
+        "false", parse_bool, "expect a PROXY protocol v1/v2 header on every connection"
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        "127.0.0.1/32,::1/128",
+        parse_networks,
+        "comma-separated networks allowed to send PROXY headers",
+        metavar="CIDRS",
+    )
+
+    def __post_init__(self) -> None:
+        if self.gateway_id is None:
+            object.__setattr__(self, "gateway_id", _default_gateway_id())
+        if not math.isinf(self.heartbeat_ttl_s) and self.heartbeat_ttl_s <= self.heartbeat_interval_s:
+            raise ConfigError(
+                "heartbeat_ttl_s must be longer than heartbeat_interval_s "
+                f"({self.heartbeat_ttl_s} <= {self.heartbeat_interval_s})"
+            )
+        if self.redis_timeout_s <= 0 or self.heartbeat_interval_s <= 0:
+            raise ConfigError("redis_timeout_s and heartbeat_interval_s must be positive")
+        if self.flood_rate <= 0:
+            raise ConfigError("flood_rate must be positive")
+
+
+def env_name(name: str) -> str:
+    return "CHAT_" + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise ConfigError(message)
+
+
+def build_parser(prog: str = "chat-gateway") -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog=prog,
+        description="Trio TCP chat gateway. Every flag can also be set with the "
+        "CHAT_* environment variable shown; the flag wins.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in fields(Settings):
+        meta = f.metadata
+        parser.add_argument(
+            flag_name(f.name),
+            dest=f.name,
+            metavar=meta["metavar"],
+            default=None,
+            help=f"{meta['help']} [env {env_name(f.name)}, default {meta['raw_default']}]",
+        )
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build :class:`Settings` from flags, then ``CHAT_*`` variables, then defaults.
+
+    Raises :class:`ConfigError` with a one-line message naming the bad setting.
+    """
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = getattr(args, f.name)
+        source = flag_name(f.name)
+        if raw is None and env_name(f.name) in environ:
+            raw = environ[env_name(f.name)]
+            source = env_name(f.name)
+        if raw is None:
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw)
+        except ValueError as exc:
+            raise ConfigError(f"invalid {source}: {exc}") from None
+    return Settings(**values)

@@ -1,0 +1,108 @@
+"""The Redis key and channel schema, in one place.
+
+Every key the service touches is built here, so an operator (or ``chat-admin``)
+can find what lives in Redis without reading the gateway.  All names start with
+a configurable prefix (``chat:`` by default) so several deployments can share
+one Redis database.
+
+Keys
+----
+``{p}nicks``                   HASH  folded nick -> owner record (see :func:`owner_record`)
+``{p}gateways``                ZSET  gateway id -> unix time of its last heartbeat
+``{p}gw:{id}:alive``           STRING with a TTL: the gateway's lease; gone = gateway dead
+``{p}gw:{id}:nicks``           SET   folded nicks owned by that gateway
+``{p}gw:{id}:info``            HASH  started_at, clients, listen, pid (for operators)
+``{p}room:{room}:members``     HASH  folded nick -> display nick, every member anywhere
+``{p}room:{room}:seq``         STRING per-room publication sequence (INCR)
+``{p}room:{room}:history``     LIST  last publications of the room, each ``"<seq> <json>"``
+``{p}rooms``                   SET   rooms that currently have members
+``{p}nick:{folded}:rooms``     SET   rooms a nickname is in
+
+Channels
+--------
+``{p}room:{room}``             every publication in a room, ``"<seq> <json>"``
+``{p}node:{id}``               commands addressed to one gateway (private messages,
+                               kicks, canaries), plain JSON
+``{p}all``                     announcements to every gateway, plain JSON
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "chat:"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds key and channel names under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    # -- presence -----------------------------------------------------------
+    @property
+    def nicks(self) -> str:
+        return f"{self.prefix}nicks"
+
+    @property
+    def gateways(self) -> str:
+        return f"{self.prefix}gateways"
+
+    def gateway_alive(self, gateway_id: str) -> str:
+        return f"{self.prefix}gw:{gateway_id}:alive"
+
+    def gateway_nicks(self, gateway_id: str) -> str:
+        return f"{self.prefix}gw:{gateway_id}:nicks"
+
+    def gateway_info(self, gateway_id: str) -> str:
+        return f"{self.prefix}gw:{gateway_id}:info"
+
+    # -- rooms --------------------------------------------------------------
+    @property
+    def rooms(self) -> str:
+        return f"{self.prefix}rooms"
+
+    def room_members(self, room: str) -> str:
+        return f"{self.prefix}room:{room}:members"
+
+    def room_seq(self, room: str) -> str:
+        return f"{self.prefix}room:{room}:seq"
+
+    def room_history(self, room: str) -> str:
+        return f"{self.prefix}room:{room}:history"
+
+    def nick_rooms(self, folded_nick: str) -> str:
+        return f"{self.prefix}nick:{folded_nick}:rooms"
+
+    # -- channels -----------------------------------------------------------
+    def room_channel(self, room: str) -> str:
+        return f"{self.prefix}room:{room}"
+
+    def node_channel(self, gateway_id: str) -> str:
+        return f"{self.prefix}node:{gateway_id}"
+
+    @property
+    def all_channel(self) -> str:
+        return f"{self.prefix}all"
+
+    def room_from_channel(self, channel: str) -> str | None:
+        """The room name of a room channel, or ``None`` for any other channel."""
+        head = f"{self.prefix}room:"
+        if channel.startswith(head):
+            return channel[len(head) :]
+        return None
+
+
+def owner_record(gateway_id: str, nick: str) -> str:
+    """The value stored under a folded nick in ``{p}nicks``: ``"<gateway> <display nick>"``.
+
+    Gateway ids never contain spaces (configuration rejects them), so the first
+    space splits the record unambiguously.
+    """
+    return f"{gateway_id} {nick}"
+
+
+def parse_owner_record(record: str) -> tuple[str, str]:
+    """Split an owner record into ``(gateway_id, display_nick)``."""
+    gateway_id, _, nick = record.partition(" ")
+    return gateway_id, nick
