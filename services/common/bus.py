@@ -1,0 +1,379 @@
+"""The chat bus: presence, rooms and publications in Redis.
+
+Every multi-key change is one Lua script, so it is atomic across the cluster:
+claiming a nickname, renaming, publishing with a per-room sequence number and
+history, and releasing a dead gateway's users (exactly once, whoever runs it).
+
+Room publications travel as ``b"<epoch> <seq> <json>"``.  The epoch changes
+when Redis loses its data (a restart), so sequence numbers restart from 1 under a
+new epoch instead of looking like duplicates.  The JSON envelope is
+``{"k": kind, "n": nick, "x": text, "g": origin gateway, "t": unix time}``
+(``k`` is ``msg``, ``act``, ``join``, ``leave`` or ``nick``; for ``nick`` the
+new nickname is in ``x``).  The room is the channel's.  Node and broadcast
+channels carry plain JSON objects with a ``t`` field (see
+:mod:`services.common.keys`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.keys import Keys, owner_record, parse_owner_record
+from services.common.redis import Arg, RedisClient, RedisReplyError
+
+# Publications kept per room: enough to replay history on join and to fill a
+# subscriber gap after a reconnect.
+REPLAY_WINDOW = 2000
+
+
+def _envelope_lua() -> str:
+    # Shared Lua helper: publish one envelope in a room with seq and history.
+    return """
+local function epoch(prefix)
+  local e = redis.call('GET', prefix .. 'epoch')
+  if not e then
+    local t = redis.call('TIME')
+    e = t[1] .. string.format('%06d', tonumber(t[2]))
+    redis.call('SET', prefix .. 'epoch', e)
+  end
+  return e
+end
+local function publish_room(prefix, room, body, keep)
+  local seq = redis.call('INCR', prefix .. 'room:' .. room .. ':seq')
+  local payload = epoch(prefix) .. ' ' .. seq .. ' ' .. body
+  if keep > 0 then
+    local hist = prefix .. 'room:' .. room .. ':history'
+    redis.call('RPUSH', hist, payload)
+    redis.call('LTRIM', hist, -keep, -1)
+  end
+  redis.call('PUBLISH', prefix .. 'room:' .. room, payload)
+  return seq
+end
+"""
+
+
+# KEYS: none (all derived from the prefix, so scripts stay cluster-agnostic within
+# one Redis).  ARGV[1] is always the key prefix.
+PUBLISH_LUA = _envelope_lua() + """
+return publish_room(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
+"""
+
+# ARGV: prefix, folded nick, owner record, gateway id
+CLAIM_LUA = """
+local nicks = ARGV[1] .. 'nicks'
+if redis.call('HSETNX', nicks, ARGV[2], ARGV[3]) == 1 then
+  redis.call('SADD', ARGV[1] .. 'gw:' .. ARGV[4] .. ':nicks', ARGV[2])
+  return 1
+end
+if redis.call('HGET', nicks, ARGV[2]) == ARGV[3] then
+  redis.call('SADD', ARGV[1] .. 'gw:' .. ARGV[4] .. ':nicks', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# Release a nickname, leave its rooms and announce the leave in each, atomically.
+# ARGV: prefix, folded nick, owner record, gateway id, leave envelope, keep
+RELEASE_LUA = _envelope_lua() + """
+redis.call('SREM', ARGV[1] .. 'gw:' .. ARGV[4] .. ':nicks', ARGV[2])
+if redis.call('HGET', ARGV[1] .. 'nicks', ARGV[2]) == ARGV[3] then
+  redis.call('HDEL', ARGV[1] .. 'nicks', ARGV[2])
+  local rooms_key = ARGV[1] .. 'nick:' .. ARGV[2] .. ':rooms'
+  for _, room in ipairs(redis.call('SMEMBERS', rooms_key)) do
+    local members = ARGV[1] .. 'room:' .. room .. ':members'
+    redis.call('HDEL', members, ARGV[2])
+    if redis.call('HLEN', members) == 0 then redis.call('SREM', ARGV[1] .. 'rooms', room) end
+    publish_room(ARGV[1], room, ARGV[5], tonumber(ARGV[6]))
+  end
+  redis.call('DEL', rooms_key)
+  return 1
+end
+return 0
+"""
+
+# ARGV: prefix, old folded, old record, new folded, new record, gateway id
+RENAME_LUA = """
+local nicks = ARGV[1] .. 'nicks'
+if redis.call('HGET', nicks, ARGV[2]) ~= ARGV[3] then return -1 end
+if ARGV[2] ~= ARGV[4] then
+  if redis.call('HSETNX', nicks, ARGV[4], ARGV[5]) == 0 then return 0 end
+  redis.call('HDEL', nicks, ARGV[2])
+  local gwn = ARGV[1] .. 'gw:' .. ARGV[6] .. ':nicks'
+  redis.call('SREM', gwn, ARGV[2])
+  redis.call('SADD', gwn, ARGV[4])
+  local old_rooms = ARGV[1] .. 'nick:' .. ARGV[2] .. ':rooms'
+  local new_rooms = ARGV[1] .. 'nick:' .. ARGV[4] .. ':rooms'
+  local display = string.sub(ARGV[5], string.len(ARGV[6]) + 2)
+  for _, room in ipairs(redis.call('SMEMBERS', old_rooms)) do
+    local members = ARGV[1] .. 'room:' .. room .. ':members'
+    redis.call('HDEL', members, ARGV[2])
+    redis.call('HSET', members, ARGV[4], display)
+    redis.call('SADD', new_rooms, room)
+  end
+  redis.call('DEL', old_rooms)
+else
+  redis.call('HSET', nicks, ARGV[4], ARGV[5])
+  local display = string.sub(ARGV[5], string.len(ARGV[6]) + 2)
+  for _, room in ipairs(redis.call('SMEMBERS', ARGV[1] .. 'nick:' .. ARGV[4] .. ':rooms')) do
+    redis.call('HSET', ARGV[1] .. 'room:' .. room .. ':members', ARGV[4], display)
+  end
+end
+return 1
+"""
+
+# ARGV: prefix, room, folded nick, display nick
+JOIN_ROOM_LUA = """
+redis.call('HSET', ARGV[1] .. 'room:' .. ARGV[2] .. ':members', ARGV[3], ARGV[4])
+redis.call('SADD', ARGV[1] .. 'rooms', ARGV[2])
+redis.call('SADD', ARGV[1] .. 'nick:' .. ARGV[3] .. ':rooms', ARGV[2])
+return 1
+"""
+
+# ARGV: prefix, room, folded nick
+LEAVE_ROOM_LUA = """
+local members = ARGV[1] .. 'room:' .. ARGV[2] .. ':members'
+local removed = redis.call('HDEL', members, ARGV[3])
+if redis.call('HLEN', members) == 0 then redis.call('SREM', ARGV[1] .. 'rooms', ARGV[2]) end
+redis.call('SREM', ARGV[1] .. 'nick:' .. ARGV[3] .. ':rooms', ARGV[2])
+return removed
+"""
+
+# Release every user of a gateway whose lease expired, and announce their leaves.
+# ARGV: prefix, dead gateway id, keep, now.  Returns the released display nicks.
+# Exactly once: only the caller whose ZREM removed the gateway does the work, and
+# the whole script is atomic.
+REAP_LUA = _envelope_lua() + """
+local p, gw, keep = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if redis.call('EXISTS', p .. 'gw:' .. gw .. ':alive') == 1 then return {} end
+if redis.call('ZREM', p .. 'gateways', gw) == 0 then return {} end
+local released = {}
+local gwn = p .. 'gw:' .. gw .. ':nicks'
+local prefix_len = string.len(gw) + 1
+for _, folded in ipairs(redis.call('SMEMBERS', gwn)) do
+  local record = redis.call('HGET', p .. 'nicks', folded)
+  if record and string.sub(record, 1, prefix_len) == gw .. ' ' then
+    local display = string.sub(record, prefix_len + 1)
+    redis.call('HDEL', p .. 'nicks', folded)
+    local rooms_key = p .. 'nick:' .. folded .. ':rooms'
+    for _, room in ipairs(redis.call('SMEMBERS', rooms_key)) do
+      local members = p .. 'room:' .. room .. ':members'
+      redis.call('HDEL', members, folded)
+      if redis.call('HLEN', members) == 0 then redis.call('SREM', p .. 'rooms', room) end
+      local body = cjson.encode({k = 'leave', n = display, x = 'gateway lost', g = gw,
+                                 t = tonumber(ARGV[4])})
+      publish_room(p, room, body, keep)
+    end
+    redis.call('DEL', rooms_key)
+    table.insert(released, display)
+  end
+end
+redis.call('DEL', gwn, p .. 'gw:' .. gw .. ':info')
+return released
+"""
+
+
+class Script:
+    """A Lua script run with EVALSHA, loaded on demand (after a Redis restart too)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, redis: RedisClient, *args: Arg) -> Any:
+        try:
+            return await redis.execute("EVALSHA", self.sha, 0, *args)
+        except RedisReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await redis.execute("EVAL", self.source, 0, *args)
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A decoded room publication."""
+
+    epoch: str
+    seq: int
+    kind: str
+    nick: str
+    text: str
+    gateway: str
+    time: float
+
+
+def encode_body(kind: str, nick: str, text: str, gateway: str) -> str:
+    return json.dumps(
+        {"k": kind, "n": nick, "x": text, "g": gateway, "t": round(time.time(), 6)},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def decode_publication(payload: bytes) -> Publication:
+    """Parse ``b"<epoch> <seq> <json>"``; raises ``ValueError``, ``KeyError`` or
+    ``TypeError`` when malformed."""
+    epoch, seq_raw, body = payload.split(b" ", 2)
+    data = json.loads(body)
+    return Publication(
+        epoch=epoch.decode(),
+        seq=int(seq_raw),
+        kind=str(data["k"]),
+        nick=str(data["n"]),
+        text=str(data.get("x", "")),
+        gateway=str(data.get("g", "")),
+        time=float(data.get("t", 0.0)),
+    )
+
+
+class Bus:
+    """Presence and publication operations for one gateway.
+
+    Raises what :class:`RedisClient` raises (:class:`RedisError` subclasses).
+    """
+
+    _publish = Script(PUBLISH_LUA)
+    _claim = Script(CLAIM_LUA)
+    _release = Script(RELEASE_LUA)
+    _rename = Script(RENAME_LUA)
+    _join = Script(JOIN_ROOM_LUA)
+    _leave = Script(LEAVE_ROOM_LUA)
+    _reap = Script(REAP_LUA)
+
+    def __init__(self, redis: RedisClient, keys: Keys, gateway_id: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.gateway_id = gateway_id
+
+    # -- nicknames ----------------------------------------------------------------
+    async def claim_nick(self, folded: str, nick: str) -> bool:
+        """Claim ``nick`` for this gateway; ``False`` when someone else holds it."""
+        record = owner_record(self.gateway_id, nick)
+        return bool(
+            await self._claim(self.redis, self.keys.prefix, folded, record, self.gateway_id)
+        )
+
+    async def release_nick(self, folded: str, nick: str, reason: str = "") -> bool:
+        """Release ``nick`` if this gateway still owns it: leave its rooms and
+        announce the leave in each, in one atomic step.  ``False`` when it was not
+        (or no longer) this gateway's."""
+        record = owner_record(self.gateway_id, nick)
+        body = encode_body("leave", nick, reason, self.gateway_id)
+        return bool(
+            await self._release(
+                self.redis, self.keys.prefix, folded, record, self.gateway_id, body,
+                REPLAY_WINDOW,
+            )
+        )
+
+    async def owned_nicks(self) -> set[str]:
+        """Folded nicknames Redis records under this gateway."""
+        members = await self.redis.execute("SMEMBERS", self.keys.gateway_nicks(self.gateway_id))
+        return {m.decode() for m in members}
+
+    async def rename_nick(self, old_folded: str, old: str, new_folded: str, new: str) -> int:
+        """1 renamed, 0 new nickname taken, -1 this gateway no longer owns the old one."""
+        return int(
+            await self._rename(
+                self.redis,
+                self.keys.prefix,
+                old_folded,
+                owner_record(self.gateway_id, old),
+                new_folded,
+                owner_record(self.gateway_id, new),
+                self.gateway_id,
+            )
+        )
+
+    async def nick_owner(self, folded: str) -> tuple[str, str] | None:
+        """``(gateway_id, display nick)`` of an online nickname, or ``None``."""
+        record = await self.redis.execute("HGET", self.keys.nicks, folded)
+        if record is None:
+            return None
+        return parse_owner_record(record.decode())
+
+    async def online(self) -> list[str]:
+        """Every online display nickname, sorted case-insensitively."""
+        records = await self.redis.execute("HVALS", self.keys.nicks)
+        return sorted((parse_owner_record(r.decode())[1] for r in records), key=str.lower)
+
+    # -- rooms ----------------------------------------------------------------------
+    async def join_room(self, room: str, folded: str, nick: str) -> None:
+        await self._join(self.redis, self.keys.prefix, room, folded, nick)
+
+    async def leave_room(self, room: str, folded: str) -> None:
+        await self._leave(self.redis, self.keys.prefix, room, folded)
+
+    async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int:
+        """Publish in ``room``; returns the publication's sequence number."""
+        body = encode_body(kind, nick, text, self.gateway_id)
+        return int(
+            await self._publish(self.redis, self.keys.prefix, room, body, REPLAY_WINDOW)
+        )
+
+    async def history(self, room: str) -> list[bytes]:
+        """The room's kept publications, oldest first."""
+        return list(await self.redis.execute("LRANGE", self.keys.room_history(room), 0, -1))
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room with members anywhere, with its member count."""
+        names = [r.decode() for r in await self.redis.execute("SMEMBERS", self.keys.rooms)]
+        if not names:
+            return {}
+        counts = await self.redis.pipeline([("HLEN", self.keys.room_members(n)) for n in names])
+        return {n: int(c) for n, c in zip(names, counts, strict=True) if int(c) > 0}
+
+    async def room_members(self, room: str) -> list[str]:
+        values = await self.redis.execute("HVALS", self.keys.room_members(room))
+        return sorted((v.decode() for v in values), key=str.lower)
+
+    # -- node and broadcast channels ----------------------------------------------
+    async def send_to_node(self, gateway_id: str, message: dict[str, Any]) -> int:
+        """Publish a JSON command to one gateway; returns how many subscribers got it."""
+        data = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        return int(await self.redis.execute("PUBLISH", self.keys.node_channel(gateway_id), data))
+
+    # -- gateway lease --------------------------------------------------------------
+    async def heartbeat(self, ttl_s: float, info: dict[str, str | int]) -> None:
+        now = time.time()
+        commands: list[tuple[Arg, ...]] = [
+            ("SET", self.keys.gateway_alive(self.gateway_id), "1", "PX", int(ttl_s * 1000)),
+            ("ZADD", self.keys.gateways, now, self.gateway_id),
+        ]
+        if info:
+            flat: list[Arg] = []
+            for k, v in info.items():
+                flat += [k, v]
+            commands.append(("HSET", self.keys.gateway_info(self.gateway_id), *flat))
+        await self.redis.pipeline(commands)
+
+    async def dead_gateways(self) -> list[str]:
+        """Gateways listed in the registry whose lease key is gone."""
+        ids = [g.decode() for g in await self.redis.execute("ZRANGE", self.keys.gateways, 0, -1)]
+        others = [g for g in ids if g != self.gateway_id]
+        if not others:
+            return []
+        alive = await self.redis.pipeline([("EXISTS", self.keys.gateway_alive(g)) for g in others])
+        return [g for g, a in zip(others, alive, strict=True) if not a]
+
+    async def reap(self, dead_gateway: str) -> list[str]:
+        """Release a dead gateway's users; the display nicks released (empty when
+        another gateway did it first, or the gateway came back)."""
+        released = await self._reap(
+            self.redis, self.keys.prefix, dead_gateway, REPLAY_WINDOW, time.time()
+        )
+        return [r.decode() for r in released]
+
+    async def retire(self) -> None:
+        """Remove this gateway from the registry (after its users were released)."""
+        await self.redis.pipeline(
+            [
+                ("ZREM", self.keys.gateways, self.gateway_id),
+                ("DEL", self.keys.gateway_alive(self.gateway_id),
+                 self.keys.gateway_info(self.gateway_id),
+                 self.keys.gateway_nicks(self.gateway_id)),
+            ]
+        )

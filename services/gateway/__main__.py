@@ -1,0 +1,59 @@
+"""``python -m services.gateway`` / ``chat-gateway``: run one gateway.
+
+Exit status: 0 after a graceful drain, 2 for invalid configuration, 1 when a
+second signal cut the drain short.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+import trio
+
+from services.common.config import ConfigError, Settings, load_settings
+from services.common.logging import configure_logging
+from services.gateway.gateway import Gateway
+
+
+async def run_gateway(
+    settings: Settings, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain gracefully; a second signal exits at once."""
+    log = structlog.get_logger()
+    gateway = Gateway(settings)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gateway.serve)
+            task_status.started(gateway)
+            async for signum in signals:
+                log.info("gateway.signal", signal=signal.Signals(signum).name)
+                nursery.start_soon(_second_signal, signals)
+                await gateway.drain()
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def _second_signal(signals: trio.abc.AsyncIterator[int]) -> None:  # type: ignore[name-defined]
+    async for signum in signals:
+        structlog.get_logger().warning("gateway.killed", signal=signal.Signals(signum).name)
+        sys.stdout.flush()
+        os._exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except ConfigError as exc:
+        print(f"chat-gateway: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(fmt=settings.log_format, level=settings.log_level, gateway=settings.gateway_id)
+    trio.run(run_gateway, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

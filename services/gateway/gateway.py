@@ -1,0 +1,642 @@
+"""The gateway: listener, local registry, fan-out, and the cluster duties.
+
+A :class:`Gateway` owns everything one process serves: the Redis command client
+and subscriber, the sessions, the local view of rooms (which local sessions are
+in which room), the heartbeat lease, the reaper of dead gateways, the canary
+that proves the subscriber loop is alive, and the graceful drain.
+
+Fan-out is synchronous: :meth:`Gateway._on_message` is called by the subscriber's
+reader for every Redis message, decodes it once, formats it once and hands the
+same bytes to each local member's outbox.  It never waits on a client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import trio
+
+from services.common.bus import Bus, Publication, decode_publication
+from services.common.config import Settings
+from services.common.keys import Keys
+from services.common.redis import RedisClient, RedisError, RedisUnavailable, Subscriber
+from services.gateway import protocol as p
+from services.gateway.commands import Commands
+from services.gateway.session import Session
+
+log = structlog.get_logger()
+
+
+@dataclass(eq=False)
+class LocalRoom:
+    """This gateway's view of one room: its local members and the channel's state."""
+
+    name: str
+    channel: bytes
+    members: set[Session] = field(default_factory=set)
+    joining: dict[Session, list[Publication]] = field(default_factory=dict)
+    subscribed: bool = False
+    epoch: str | None = None
+    last_seq: int | None = None
+    filling: bool = False
+    backlog: list[Publication] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.members and not self.joining
+
+
+class Gateway:
+    """One gateway process's state.  Run :meth:`serve` with ``nursery.start``."""
+
+    def __init__(self, settings: Settings, *, metrics: Any = None) -> None:
+        self.settings = settings
+        self.gateway_id: str = settings.gateway_id
+        self.keys = Keys(settings.key_prefix)
+        self.metrics = metrics
+        self.redis = RedisClient(
+            settings.redis_url,
+            timeout_s=settings.redis_timeout_s,
+            name=f"chat:{self.gateway_id}:cmd",
+            on_state=self._on_redis_state,
+        )
+        self.subscriber = Subscriber(
+            settings.redis_url,
+            self._on_message,
+            timeout_s=settings.redis_timeout_s,
+            name=f"chat:{self.gateway_id}:sub",
+            on_state=self._on_redis_state,
+        )
+        self.bus = Bus(self.redis, self.keys, self.gateway_id)
+        self.commands = Commands(self)
+        self.sessions: set[Session] = set()
+        self.by_nick: dict[str, Session] = {}
+        self.claiming: set[str] = set()
+        self.rooms: dict[str, LocalRoom] = {}
+        self.node_channel = self.keys.node_channel(self.gateway_id).encode()
+        self.all_channel = self.keys.all_channel.encode()
+        self.room_prefix = self.keys.room_channel("").encode()
+        self.available = False
+        self.draining = False
+        self.ports: list[int] = []
+        self.last_canary = -math.inf
+        self.canary_sent = 0
+        self._state_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._listen_scope = trio.CancelScope()
+        self._all_gone = trio.Event()
+
+    # -- metrics hooks (no-ops without a metrics object) ------------------------------
+    def metrics_rejected(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected_lines_total.labels(reason=reason).inc()
+
+    def metrics_slow_consumer(self) -> None:
+        if self.metrics is not None:
+            self.metrics.slow_consumer_disconnects_total.inc()
+
+    def metrics_message_in(self) -> None:
+        if self.metrics is not None:
+            self.metrics.messages_in_total.inc()
+
+    # -- readiness ----------------------------------------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        """Whether load balancers should send clients here, and why not."""
+        if self.draining:
+            return False, "draining"
+        if not self.redis.connected:
+            return False, "redis command connection down"
+        if not self.subscriber.connected:
+            return False, "redis subscriber down"
+        if trio.current_time() - self.last_canary > self.settings.canary_timeout_s:
+            return False, "subscriber canary not seen recently"
+        return True, "ready"
+
+    # -- serving --------------------------------------------------------------------------
+    async def serve(self, *, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Connect to Redis (in the background), listen, and serve until cancelled.
+
+        ``task_status.started`` receives the bound chat ports once listening.
+        """
+        raise_open_files_limit()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.subscriber.wanted.update({self.node_channel, self.all_channel})
+            await nursery.start(self.redis.run)
+            await nursery.start(self.subscriber.run)
+            nursery.start_soon(self._watch_redis_state)
+            nursery.start_soon(self._heartbeat_loop)
+            nursery.start_soon(self._canary_loop)
+            listen = self.settings.listen
+            listeners = await trio.open_tcp_listeners(listen.port, host=listen.host or None)
+            self.ports = [ln.socket.getsockname()[1] for ln in listeners]
+            log.info(
+                "gateway.started",
+                listen=str(listen),
+                ports=self.ports,
+                redis=str(self.settings.redis_url),
+                pid=os.getpid(),
+                max_clients=self.settings.max_clients,
+            )
+            nursery.start_soon(self._accept, listeners)
+            task_status.started(self.ports)
+
+    async def _accept(self, listeners: list[trio.SocketListener]) -> None:
+        with self._listen_scope:
+            await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        peer = _peer_name(stream)
+        _enable_keepalive(stream)
+        session = Session(self, stream, peer)
+        if len(self.sessions) >= self.settings.max_clients or self.draining:
+            reason = "gateway shutting down" if self.draining else "server full"
+            log.warning("client.refused", peer=peer, reason=reason)
+            with trio.move_on_after(1.0):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(p.error(f"disconnected: {reason}; try again later"))
+            await trio.aclose_forcefully(stream)
+            return
+        self.sessions.add(session)
+        if self.metrics is not None:
+            self.metrics.connections.inc()
+            self.metrics.connections_total.inc()
+        try:
+            await session.run()
+        except Exception:
+            # One client's bug must not take the gateway down: log it once, with traceback.
+            log.exception("client.crashed", conn=session.conn_id, peer=peer)
+        finally:
+            self.sessions.discard(session)
+            if self.metrics is not None:
+                self.metrics.connections.dec()
+            if self.draining and not self.sessions:
+                self._all_gone.set()
+
+    # -- nicknames and rooms ----------------------------------------------------------------
+    async def claim_nick(self, session: Session, folded: str, nick: str) -> bool:
+        """Claim a nickname for ``session`` across the cluster.  Raises RedisError."""
+        if folded in self.by_nick or folded in self.claiming:
+            return False
+        self.claiming.add(folded)
+        try:
+            if not await self.bus.claim_nick(folded, nick):
+                return False
+        finally:
+            self.claiming.discard(folded)
+        session.nick, session.folded = nick, folded
+        self.by_nick[folded] = session
+        if self.metrics is not None:
+            self.metrics.joins_total.inc()
+        return True
+
+    async def join_room(self, session: Session, name: str, *, kind: str = "join") -> None:
+        """Make ``session`` a member of room ``name`` here and in Redis, replay the
+        room's history to it, then announce the join.  Raises RedisError (the
+        session is then not a member)."""
+        assert session.nick is not None and session.folded is not None
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = LocalRoom(name, self.keys.room_channel(name).encode())
+        room.joining[session] = []
+        try:
+            if not room.subscribed:
+                await self.subscriber.subscribe(room.channel)
+                room.subscribed = True
+            await self.bus.join_room(name, session.folded, session.nick)
+            history = await self.bus.history(name) if self.settings.history_size else []
+        except BaseException:
+            room.joining.pop(session, None)
+            await self._drop_room_if_empty(room)
+            raise
+        buffered = room.joining.pop(session, [])
+        room.members.add(session)
+        if name in session.rooms:
+            session.rooms.remove(name)
+        session.rooms.append(name)
+        last_seen = self._replay_history(session, room, history)
+        for pub in buffered:
+            if pub.seq > last_seen:
+                session.deliver(self._format(room.name, pub))
+        await self.bus.publish(name, kind, session.nick)
+
+    def _replay_history(self, session: Session, room: LocalRoom, history: list[bytes]) -> int:
+        chat: list[Publication] = []
+        last_seq = 0
+        for raw in history:
+            try:
+                pub = decode_publication(raw)
+            except (ValueError, KeyError, TypeError):
+                continue
+            last_seq = max(last_seq, pub.seq)
+            if pub.kind in ("msg", "act"):
+                chat.append(pub)
+        shown = chat[-self.settings.history_size :] if self.settings.history_size else []
+        if shown:
+            session.deliver(p.info(f"last {len(shown)} messages in {room.name}:"))
+            for pub in shown:
+                session.deliver(self._format(room.name, pub, history=True))
+            session.deliver(p.info(f"end of history of {room.name}"))
+        return last_seq
+
+    async def part_room(self, session: Session, name: str) -> None:
+        """Leave one room (not the last one) and announce it.  Raises RedisError."""
+        assert session.nick is not None and session.folded is not None
+        await self.bus.publish(name, "part", session.nick)
+        await self.bus.leave_room(name, session.folded)
+        session.rooms.remove(name)
+        room = self.rooms.get(name)
+        if room is not None:
+            room.members.discard(session)
+            await self._drop_room_if_empty(room)
+
+    async def _drop_room_if_empty(self, room: LocalRoom) -> None:
+        if room.empty and self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            if room.subscribed:
+                await self.subscriber.unsubscribe(room.channel)
+
+    async def forget(self, session: Session, reason: str = "") -> None:
+        """Remove a leaving session everywhere: local rooms, then Redis (nickname,
+        memberships and the leave announcements, in one atomic step)."""
+        for name in list(session.rooms):
+            room = self.rooms.get(name)
+            if room is not None:
+                room.members.discard(session)
+                room.joining.pop(session, None)
+        for name in list(self.rooms):
+            room = self.rooms.get(name)
+            if room is not None:
+                room.joining.pop(session, None)
+                await self._drop_room_if_empty(room)
+        if session.folded is None or session.nick is None:
+            return
+        folded, nick = session.folded, session.nick
+        if self.by_nick.get(folded) is session:
+            del self.by_nick[folded]
+        await self.bus.release_nick(folded, nick, reason)
+
+    async def rename(self, session: Session, new: str) -> int:
+        """1 renamed, 0 taken.  Raises RedisError."""
+        assert session.nick is not None and session.folded is not None
+        new_folded = p.fold_nick(new)
+        if new_folded != session.folded and (
+            new_folded in self.by_nick or new_folded in self.claiming
+        ):
+            return 0
+        self.claiming.add(new_folded)
+        try:
+            result = await self.bus.rename_nick(session.folded, session.nick, new_folded, new)
+        finally:
+            self.claiming.discard(new_folded)
+        if result != 1:
+            return 0
+        old = session.nick
+        del self.by_nick[session.folded]
+        session.nick, session.folded = new, new_folded
+        self.by_nick[new_folded] = session
+        structlog.contextvars.bind_contextvars(nick=new)
+        for name in session.rooms:
+            await self.bus.publish(name, "nick", old, new)
+        return 1
+
+    async def publish(self, room: str, kind: str, nick: str, text: str = "") -> None:
+        started = trio.current_time()
+        await self.bus.publish(room, kind, nick, text)
+        if self.metrics is not None:
+            self.metrics.publish_latency_seconds.observe(trio.current_time() - started)
+
+    # -- fan-out ----------------------------------------------------------------------------
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        try:
+            if channel.startswith(self.room_prefix):
+                room = self.rooms.get(channel[len(self.room_prefix) :].decode())
+                if room is not None:
+                    self._accept_publication(room, decode_publication(data))
+            elif channel == self.node_channel:
+                self._on_node_message(json.loads(data))
+            elif channel == self.all_channel:
+                self._on_broadcast(json.loads(data))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            log.error("bus.malformed", channel=channel.decode(errors="replace"), error=str(exc))
+
+    def _accept_publication(self, room: LocalRoom, pub: Publication) -> None:
+        if room.filling:
+            room.backlog.append(pub)
+            return
+        if room.epoch != pub.epoch:
+            # First publication seen, or Redis lost its data: a new numbering starts.
+            room.epoch, room.last_seq = pub.epoch, pub.seq
+            self._fan_out(room, pub)
+            return
+        assert room.last_seq is not None
+        if pub.seq <= room.last_seq:
+            return  # already delivered (a gap fill overlapped the live stream)
+        if pub.seq > room.last_seq + 1:
+            room.filling = True
+            room.backlog.append(pub)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._fill_gap, room)
+            return
+        room.last_seq = pub.seq
+        self._fan_out(room, pub)
+
+    def _fan_out(self, room: LocalRoom, pub: Publication) -> None:
+        if self.metrics is not None and pub.time:
+            self.metrics.subscriber_lag_seconds.observe(max(0.0, time.time() - pub.time))
+        line = self._format(room.name, pub)
+        for session in room.members:
+            session.deliver(line)
+        for buffer in room.joining.values():
+            buffer.append(pub)
+        if self.metrics is not None:
+            self.metrics.deliveries_total.inc(len(room.members))
+
+    async def _fill_gap(self, room: LocalRoom) -> None:
+        """Deliver what the subscriber missed, from the room's history, then the backlog."""
+        try:
+            history = await self.bus.history(room.name)
+        except RedisError as exc:
+            log.warning("gap.fill_failed", room=room.name, error=str(exc))
+            history = []
+        expected_from = (room.last_seq or 0) + 1
+        recovered = 0
+        pubs: dict[int, Publication] = {}
+        for raw in history:
+            try:
+                pub = decode_publication(raw)
+            except (ValueError, KeyError, TypeError):
+                continue
+            if pub.epoch == room.epoch and pub.seq >= expected_from:
+                pubs[pub.seq] = pub
+        for pub in room.backlog:
+            if pub.epoch == room.epoch:
+                pubs.setdefault(pub.seq, pub)
+        other_epoch = [pub for pub in room.backlog if pub.epoch != room.epoch]
+        room.backlog = []
+        room.filling = False
+        missing = 0
+        for seq in sorted(pubs):
+            if room.last_seq is not None and seq > room.last_seq + 1:
+                missing += seq - room.last_seq - 1
+            room.last_seq = seq
+            self._fan_out(room, pubs[seq])
+            recovered += 1
+        if missing:
+            log.error("gap.unrecoverable", room=room.name, missing=missing)
+            for session in room.members:
+                session.deliver(p.error(f"{missing} messages in {room.name} could not be recovered"))
+        log.info("gap.filled", room=room.name, delivered=recovered, missing=missing)
+        for pub in other_epoch:
+            self._accept_publication(room, pub)
+
+    def _format(self, room: str, pub: Publication, *, history: bool = False) -> bytes:
+        kind = pub.kind
+        if kind == "msg":
+            if history:
+                return f"{room} (history) <{pub.nick}> {pub.text}\r\n".encode()
+            return p.chat_line(room, pub.nick, pub.text)
+        if kind == "act":
+            if history:
+                return f"{room} (history) * {pub.nick} {pub.text}\r\n".encode()
+            return p.action_line(room, pub.nick, pub.text)
+        if kind == "join":
+            return p.event_line(room, f"{pub.nick} joined the chat!")
+        if kind == "leave":
+            suffix = f" ({pub.text})" if pub.text else ""
+            return p.event_line(room, f"{pub.nick} left the chat!{suffix}")
+        if kind == "enter":
+            return p.event_line(room, f"{pub.nick} joined {room}")
+        if kind == "part":
+            return p.event_line(room, f"{pub.nick} left {room}")
+        if kind == "nick":
+            return p.event_line(room, f"{pub.nick} is now known as {pub.text}")
+        return p.event_line(room, f"{pub.nick}: {pub.text}")
+
+    def _on_node_message(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("t")
+        if kind == "canary":
+            self.last_canary = trio.current_time()
+        elif kind == "kick":
+            session = self.by_nick.get(p.fold_nick(str(msg.get("nick", ""))))
+            if session is not None:
+                reason = str(msg.get("reason") or "no reason given")
+                session.log.info("client.kicked", reason=reason)
+                session.disconnect(f"kicked by an operator: {reason}")
+        elif kind == "pm":
+            session = self.by_nick.get(str(msg.get("to", "")))
+            if session is not None:
+                session.deliver(_pm_line(str(msg["from"]), session.nick or "", str(msg["text"])))
+
+    def _on_broadcast(self, msg: dict[str, Any]) -> None:
+        if msg.get("t") == "announce":
+            line = p.info(f"announcement: {p.sanitize(str(msg.get('text', '')))}")
+            for session in self.sessions:
+                if session.nick is not None:
+                    session.deliver(line)
+
+    def broadcast_local(self, line: bytes) -> None:
+        for session in self.sessions:
+            session.deliver(line)
+
+    # -- Redis state ------------------------------------------------------------------------
+    def _on_redis_state(self, connected: bool) -> None:
+        self._state_changed.set()
+
+    async def _watch_redis_state(self) -> None:
+        """Tell clients once when chat is interrupted and once when it is back, and
+        re-assert this gateway's state after every reconnect."""
+        was_available = False
+        ever = False
+        while True:
+            await self._state_changed.wait()
+            self._state_changed = trio.Event()
+            now = self.redis.connected and self.subscriber.connected
+            if now == was_available:
+                if now:
+                    await self._reassert()
+                continue
+            if not now:
+                self.available = False
+                log.warning("chat.interrupted")
+                self.broadcast_local(
+                    p.info("chat interrupted: lost the connection to Redis; reconnecting...")
+                )
+            else:
+                await self._reassert()
+                self.available = True
+                if ever:
+                    log.info("chat.restored")
+                    self.broadcast_local(p.info("chat is back"))
+            was_available = now
+            ever = ever or now
+
+    async def _reassert(self) -> None:
+        """After a reconnect Redis may be empty: claim every live nickname again,
+        rejoin rooms, release what Redis still holds for sessions that are gone."""
+        if not self.redis.connected:
+            return
+        try:
+            await self._heartbeat()
+            held = await self.bus.owned_nicks()
+            for folded in held - set(self.by_nick):
+                owner = await self.bus.nick_owner(folded)
+                if owner is not None and owner[0] == self.gateway_id:
+                    await self.bus.release_nick(folded, owner[1], "connection lost")
+            for folded, session in list(self.by_nick.items()):
+                assert session.nick is not None
+                if not await self.bus.claim_nick(folded, session.nick):
+                    await self._resolve_conflict(session)
+                    continue
+                for name in session.rooms:
+                    await self.bus.join_room(name, folded, session.nick)
+        except RedisError as exc:
+            log.warning("redis.reassert_failed", error=str(exc))
+            return
+        log.info("redis.reasserted", nicks=len(self.by_nick))
+
+    async def _resolve_conflict(self, session: Session) -> None:
+        """Another gateway re-asserted this nickname first: that one keeps it (first
+        come after a restart wins), this session is renamed."""
+        assert session.nick is not None and session.folded is not None
+        old = session.nick
+        del self.by_nick[session.folded]
+        for attempt in range(20):
+            suffix = f"_{os.urandom(2).hex()}" if attempt else "_"
+            new = (old[: p.NICK_MAX - len(suffix)] + suffix) if attempt else (old[:31] + "_")
+            folded = p.fold_nick(new)
+            if folded in self.by_nick:
+                continue
+            if await self.bus.claim_nick(folded, new):
+                session.nick, session.folded = new, folded
+                self.by_nick[folded] = session
+                for name in session.rooms:
+                    await self.bus.join_room(name, folded, new)
+                    await self.bus.publish(name, "nick", old, new)
+                session.log.warning("nick.conflict_renamed", old=old, new=new)
+                session.deliver(
+                    p.error(f'your nickname "{old}" was taken by another user while chat '
+                            f'was interrupted; you are now "{new}"')
+                )
+                return
+        session.disconnect(f'nickname "{old}" lost while chat was interrupted')
+
+    # -- cluster duties ------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        await self.bus.heartbeat(
+            self.settings.heartbeat_ttl_s,
+            {
+                "clients": len(self.sessions),
+                "listen": str(self.settings.listen),
+                "pid": os.getpid(),
+                "started_at": int(self.started_at),
+            },
+        )
+
+    started_at = time.time()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            if self.redis.connected:
+                try:
+                    await self._heartbeat()
+                    for dead in await self.bus.dead_gateways():
+                        released = await self.bus.reap(dead)
+                        log.warning("gateway.reaped", dead_gateway=dead, released=len(released))
+                except RedisError as exc:
+                    log.warning("heartbeat.failed", error=str(exc))
+            await trio.sleep(self.settings.heartbeat_interval_s)
+
+    async def _canary_loop(self) -> None:
+        """Publish to our own node channel; if it does not come back, the subscriber
+        loop is dead even if its socket looks fine: reconnect it."""
+        interval = self.settings.canary_interval_s
+        if math.isinf(interval):
+            return
+        while True:
+            await trio.sleep(interval)
+            if not (self.redis.connected and self.subscriber.connected):
+                continue
+            try:
+                await self.bus.send_to_node(self.gateway_id, {"t": "canary"})
+            except RedisError:
+                continue
+            self.canary_sent += 1
+            silent = trio.current_time() - self.last_canary
+            if self.canary_sent > 1 and silent > self.settings.canary_timeout_s:
+                log.error("redis.subscriber_stalled", silent_s=round(silent, 1))
+                self.subscriber.force_reconnect()
+                self.last_canary = trio.current_time()  # give the new connection time
+
+    # -- shutdown ---------------------------------------------------------------------------
+    async def drain(self) -> None:
+        """Stop accepting, tell every client why, release everything, within the deadline."""
+        self.draining = True
+        self._listen_scope.cancel()
+        log.info("gateway.draining", clients=len(self.sessions))
+        with trio.move_on_after(self.settings.drain_timeout_s):
+            for session in list(self.sessions):
+                session.disconnect(
+                    "this gateway is shutting down; reconnect and you will land on another one"
+                )
+            if self.sessions:
+                await self._all_gone.wait()
+            try:
+                await self.bus.retire()
+            except RedisUnavailable:
+                pass
+            except RedisError as exc:
+                log.warning("gateway.retire_failed", error=str(exc))
+        log.info("gateway.stopped", clients_left=len(self.sessions))
+
+
+def _pm_line(sender: str, recipient: str, text: str) -> bytes:
+    return f"@{recipient} <{sender}> {text}\r\n".encode()
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        addr = stream.socket.getpeername()
+    except OSError:
+        return "unknown"
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _enable_keepalive(stream: trio.SocketStream) -> None:
+    import socket
+
+    try:
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+    except OSError:
+        pass
+
+
+def raise_open_files_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+Handler = Callable[[Session, str], Awaitable[str | None]]

@@ -1,0 +1,223 @@
+"""The line protocol, without I/O: framing, validation, parsing, formatting.
+
+Nothing here touches a socket, so all of it is unit-tested with plain bytes.
+``docs/PROTOCOL.md`` is the user-facing description of the same rules.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# -- framing ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """A complete, valid line of text (ending removed, trimmed, tabs as spaces)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A line that must not be used; ``reason`` is one of the ``REJECT_*`` constants."""
+
+    reason: str
+
+
+REJECT_TOO_LONG = "too_long"
+REJECT_BAD_UTF8 = "bad_utf8"
+REJECT_CONTROL = "control_chars"
+
+# C0 controls except TAB, DEL, and C1 controls.  ESC (\x1b) is in C0 and the
+# 8-bit CSI (\x9b) is in C1, so no terminal escape sequence gets through.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+class LineFramer:
+    """Splits a byte stream into lines of at most ``max_line_bytes``.
+
+    Bounds memory: it never buffers more than ``max_line_bytes`` plus one read.
+    A line over the limit yields one ``BadLine(REJECT_TOO_LONG)`` and everything
+    up to its newline is discarded, so no part of it is ever used.
+    """
+
+    def __init__(self, max_line_bytes: int = 4096) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._buffer = bytearray()
+        self._discarding = False
+
+    def feed(self, data: bytes | bytearray) -> list[Line | BadLine]:
+        out: list[Line | BadLine] = []
+        buf = self._buffer
+        buf += data
+        start = 0
+        limit = self.max_line_bytes
+        while True:
+            end = buf.find(b"\n", start)
+            if end < 0:
+                break
+            if self._discarding:
+                self._discarding = False
+            else:
+                stop = end - 1 if end > start and buf[end - 1] == 0x0D else end
+                if stop - start > limit:
+                    out.append(BadLine(REJECT_TOO_LONG))
+                else:
+                    event = decode_line(bytes(buf[start:stop]))
+                    if event is not None:
+                        out.append(event)
+            start = end + 1
+        del buf[:start]
+        if not self._discarding and len(buf) > limit + 1:
+            # limit + 1 leaves room for a "\r" that may precede the coming "\n".
+            out.append(BadLine(REJECT_TOO_LONG))
+            self._discarding = True
+        if self._discarding:
+            buf.clear()
+        return out
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an unfinished line (0 while discarding an overlong one)."""
+        return len(self._buffer)
+
+
+def decode_line(raw: bytes) -> Line | BadLine | None:
+    """Validate one line's bytes (no ending).  ``None`` for a blank line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return BadLine(REJECT_BAD_UTF8)
+    if _CONTROL.search(text):
+        return BadLine(REJECT_CONTROL)
+    text = text.replace("\t", " ").strip(" ")
+    if not text:
+        return None
+    return Line(text)
+
+
+# -- names --------------------------------------------------------------------
+
+NICK_MAX = 32
+_NICK_CHARS = re.compile(r"[A-Za-z0-9_\-\[\]{}\\|^]+")
+
+ROOM_MAX = 32
+_ROOM = re.compile(r"#[a-z0-9_.\-]{1,32}")
+
+
+def validate_nick(nick: str) -> str | None:
+    """The reason ``nick`` is not a valid nickname, or ``None`` when it is."""
+    if not nick:
+        return "a nickname needs at least 1 character"
+    if len(nick) > NICK_MAX:
+        return f"a nickname has at most {NICK_MAX} characters"
+    if not _NICK_CHARS.fullmatch(nick):
+        return "use only letters A-Z, digits and _ - [ ] { } \\ | ^"
+    if nick[0].isdigit() or nick[0] == "-":
+        return "a nickname cannot start with a digit or -"
+    return None
+
+
+def fold_nick(nick: str) -> str:
+    """The case-insensitive identity of a nickname (ASCII only, so ``lower`` is exact)."""
+    return nick.lower()
+
+
+def validate_room(room: str) -> str | None:
+    """The reason ``room`` is not a valid room name, or ``None``.
+
+    Rooms are ``#`` followed by 1-32 of lower-case ``a-z 0-9 _ . -``; callers
+    lower-case user input first (see :func:`normalize_room`).
+    """
+    if not _ROOM.fullmatch(room):
+        return "a room is # followed by 1-32 of a-z 0-9 _ . -"
+    return None
+
+
+def normalize_room(raw: str) -> str:
+    """User input to a room name: lower-cased, ``#`` added when missing."""
+    raw = raw.strip().lower()
+    return raw if raw.startswith("#") else "#" + raw
+
+
+# -- commands -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    arg: str
+
+
+def parse_command(text: str) -> Command | None:
+    """``/name rest`` to ``Command("name", "rest")``; ``None`` for a chat line.
+
+    A line starting with ``//`` is chat that starts with ``/`` (the first ``/``
+    is removed by :func:`chat_text`).
+    """
+    if not text.startswith("/") or text.startswith("//"):
+        return None
+    name, _, arg = text[1:].partition(" ")
+    return Command(name.lower(), arg.strip())
+
+
+def chat_text(text: str) -> str:
+    return text[1:] if text.startswith("//") else text
+
+
+# -- server lines ---------------------------------------------------------------
+
+CRLF = "\r\n"
+
+
+def info(text: str) -> bytes:
+    return f"== {text}{CRLF}".encode()
+
+
+def prompt(text: str) -> bytes:
+    return f"?? {text}{CRLF}".encode()
+
+
+def error(text: str) -> bytes:
+    return f"!! {text}{CRLF}".encode()
+
+
+def chat_line(room: str, nick: str, text: str) -> bytes:
+    return f"{room} <{nick}> {text}{CRLF}".encode()
+
+
+def action_line(room: str, nick: str, text: str) -> bytes:
+    return f"{room} * {nick} {text}{CRLF}".encode()
+
+
+def event_line(room: str, text: str) -> bytes:
+    return f"{room} -- {text}{CRLF}".encode()
+
+
+NICK_PROMPT = prompt("Choose a nickname:")
+
+REJECT_MESSAGES = {
+    REJECT_TOO_LONG: "line too long (max {max} bytes); it was not sent",
+    REJECT_BAD_UTF8: "line is not valid UTF-8; it was not sent",
+    REJECT_CONTROL: "line contains control characters; it was not sent",
+}
+
+
+def reject_line(reason: str, max_line_bytes: int) -> bytes:
+    return error(REJECT_MESSAGES[reason].format(max=max_line_bytes))
+
+
+HELP_LINES = (
+    "commands:",
+    "  /help            this list",
+    "  /who             everyone online, on every gateway",
+    "  /quit [reason]   leave the chat",
+    "plain lines are chat; start a line with // to send one that begins with /",
+)
+
+
+def sanitize(text: str) -> str:
+    """``text`` without control characters (for text from operators or Redis)."""
+    return _CONTROL.sub("", text)

@@ -1,0 +1,257 @@
+"""One client connection: handshake, commands and chat, then a clean goodbye.
+
+A :class:`Session` owns its stream.  Two tasks touch it: the reader (this
+module's :meth:`Session.run`) and the writer, which drains the :class:`Outbox`.
+Fan-out reaches the client only through :meth:`Session.deliver`, which never
+waits.  Whatever ends the session (EOF, ``/quit``, overflow, kick, drain), the
+``finally`` block announces the leave and releases the nickname, bounded by a
+deadline, and tells the client why when the server is the one closing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from services.common.redis import RedisError, RedisUnavailable
+from services.gateway import protocol as p
+from services.gateway.outbox import Outbox
+
+if TYPE_CHECKING:
+    from services.gateway.gateway import Gateway
+
+log = structlog.get_logger()
+
+RECEIVE_BYTES = 16384
+FAREWELL_TIMEOUT_S = 5.0
+_conn_ids = itertools.count(1)
+
+UNAVAILABLE = p.error("chat is unavailable right now (cannot reach Redis); try again shortly")
+NOT_DELIVERED = p.error("not delivered: chat is unavailable right now; your line was not sent")
+
+
+class TokenBucket:
+    """Flood control: ``burst`` lines at once, then ``rate`` lines per second."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, burst: int, rate: float) -> None:
+        self.burst = float(burst)
+        self.rate = rate
+        self.tokens = float(burst)
+        self.stamp = trio.current_time()
+
+    def take(self) -> bool:
+        now = trio.current_time()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Session:
+    """A connected client.  Created and run by :class:`~services.gateway.gateway.Gateway`."""
+
+    def __init__(self, gateway: Gateway, stream: trio.abc.Stream, peer: str) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.stream = stream
+        self.peer = peer
+        self.conn_id = f"c{next(_conn_ids)}"
+        self.nick: str | None = None
+        self.folded: str | None = None
+        self.rooms: list[str] = []  # joined rooms; the last one is the current room
+        self.outbox = Outbox(self.settings.outbox_bytes, self._overflowed)
+        self.scope = trio.CancelScope()
+        self.close_reason: str | None = None  # set when the server ends the session
+        self.leave_text = ""
+        self.flood = TokenBucket(self.settings.flood_burst, self.settings.flood_rate)
+        self.framer = p.LineFramer(self.settings.max_line_bytes)
+        self.log = log
+
+    # -- called by fan-out and by the gateway (synchronous, never blocks) ----------
+    def deliver(self, data: bytes) -> None:
+        self.outbox.put(data)
+
+    def disconnect(self, reason: str) -> None:
+        """End this session; the client is told ``reason`` before the close."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.scope.cancel()
+
+    def _overflowed(self) -> None:
+        self.gateway.metrics_slow_consumer()
+        self.log.warning(
+            "client.slow_consumer", outbox_limit=self.settings.outbox_bytes
+        )
+        self.disconnect(f"output buffer full ({self.settings.outbox_bytes} bytes): "
+                        "you are not reading fast enough")
+
+    # -- the connection task --------------------------------------------------------
+    async def run(self, leftover: bytes = b"") -> None:
+        structlog.contextvars.bind_contextvars(conn=self.conn_id, peer=self.peer)
+        self.log = log.bind()
+        self.log.info("client.connected")
+        ended_by = "closed"
+        try:
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    ended_by = await self._serve(leftover)
+                    nursery.cancel_scope.cancel()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            ended_by = "connection reset"
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish(ended_by)
+
+    async def _writer(self) -> None:
+        outbox, stream = self.outbox, self.stream
+        while True:
+            await outbox.wait()
+            data = outbox.take()
+            if data:
+                await stream.send_all(data)
+
+    async def _serve(self, leftover: bytes) -> str:
+        """Read and handle lines until the client leaves; returns how it ended."""
+        self.deliver(p.info(f"welcome to the chat on gateway {self.gateway.gateway_id}"))
+        if not self.gateway.available:
+            self.deliver(UNAVAILABLE)
+        self.deliver(p.NICK_PROMPT)
+        pending = self.framer.feed(leftover) if leftover else []
+        deadline_s = self.settings.nick_timeout_s
+        while True:
+            for event in pending:
+                if isinstance(event, p.BadLine):
+                    self._reject(event.reason)
+                    continue
+                if await self._handle(event.text) == "quit":
+                    return "quit"
+            timeout = self.settings.idle_timeout_s if self.nick else deadline_s
+            with trio.move_on_after(timeout) as idle:
+                try:
+                    data = await self.stream.receive_some(RECEIVE_BYTES)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return "connection reset"
+            if idle.cancelled_caught:
+                self.close_reason = (
+                    f"idle for {timeout:g}s" if self.nick else f"no nickname chosen in {timeout:g}s"
+                )
+                return "timeout"
+            if not data:
+                return "closed" if not self.framer.pending_bytes else "closed mid-line"
+            pending = self.framer.feed(data)
+
+    def _reject(self, reason: str) -> None:
+        self.gateway.metrics_rejected(reason)
+        self.log.info("line.rejected", reason=reason)
+        self.deliver(p.reject_line(reason, self.settings.max_line_bytes))
+
+    async def _handle(self, text: str) -> str | None:
+        if self.nick is None:
+            return await self._choose_nick(text)
+        command = p.parse_command(text)
+        if command is not None:
+            return await self.gateway.commands.run(self, command)
+        if not self.flood.take():
+            self.gateway.metrics_rejected("flood")
+            self.deliver(p.error("too many lines, slow down; your line was not sent"))
+            return None
+        await self.say("msg", p.chat_text(text))
+        return None
+
+    async def say(self, kind: str, text: str) -> None:
+        """Publish a chat line or action in the current room; the client is told
+        when it could not be sent."""
+        assert self.nick is not None
+        room = self.rooms[-1]
+        try:
+            await self.gateway.publish(room, kind, self.nick, text)
+        except RedisError as exc:
+            self.log.warning("message.not_delivered", room=room, error=str(exc))
+            self.deliver(NOT_DELIVERED)
+            return
+        self.gateway.metrics_message_in()
+
+    async def _choose_nick(self, text: str) -> str | None:
+        command = p.parse_command(text)
+        if command is not None:
+            if command.name == "quit":
+                return "quit"
+            if command.name == "help":
+                for line in p.HELP_LINES:
+                    self.deliver(p.info(line))
+            else:
+                self.deliver(p.error("choose a nickname first"))
+            self.deliver(p.NICK_PROMPT)
+            return None
+        nick = text
+        problem = p.validate_nick(nick)
+        if problem:
+            self.log.info("nick.rejected", attempted=nick[:64], reason="invalid")
+            self.deliver(p.error(f"invalid nickname: {problem}"))
+            self.deliver(p.NICK_PROMPT)
+            return None
+        folded = p.fold_nick(nick)
+        try:
+            claimed = await self.gateway.claim_nick(self, folded, nick)
+        except RedisError as exc:
+            self.log.warning("nick.unavailable", attempted=nick, error=str(exc))
+            self.deliver(UNAVAILABLE)
+            self.deliver(p.NICK_PROMPT)
+            return None
+        if not claimed:
+            self.log.info("nick.rejected", attempted=nick, reason="taken")
+            self.deliver(p.error(f'nickname "{nick}" is taken, choose another'))
+            self.deliver(p.NICK_PROMPT)
+            return None
+        structlog.contextvars.bind_contextvars(nick=nick)
+        self.log = log.bind()
+        self.log.info("client.joined")
+        room = self.settings.default_room
+        self.deliver(p.info(f"welcome, {nick}! You are in {room}. Type /help for commands."))
+        try:
+            await self.gateway.join_room(self, room)
+        except RedisError as exc:
+            self.log.warning("room.join_failed", room=room, error=str(exc))
+            self.deliver(UNAVAILABLE)
+        return None
+
+    async def _finish(self, ended_by: str) -> None:
+        """Leave every room, release the nickname, say goodbye, close.  Bounded."""
+        reason = self.close_reason or ended_by
+        with trio.move_on_after(max(self.settings.redis_timeout_s * 2, 1.0)):
+            try:
+                await self.gateway.forget(self, self.leave_text)
+            except RedisUnavailable as exc:
+                # The nickname stays recorded under this gateway; it is released when
+                # Redis is back (reconciliation) or by the lease reaper.
+                self.log.warning("client.cleanup_failed", error=str(exc))
+            except RedisError as exc:
+                self.log.error("client.cleanup_failed", error=str(exc))
+        if self.nick is not None:
+            self.log.info("client.left", reason=reason)
+        self.log.info("client.disconnected", reason=reason)
+        final = self.outbox.take()
+        if self.close_reason is not None:
+            # A fresh line: an interrupted write may have left a partial line behind.
+            final = (b"\r\n" if self.outbox.overflowed else final) + p.error(
+                f"disconnected: {self.close_reason}"
+            )
+        elif ended_by == "quit":
+            final += p.info("bye")
+        self.outbox.close()
+        # A slow consumer reads its reason only once it reads again: wait a while.
+        with trio.move_on_after(FAREWELL_TIMEOUT_S):
+            try:
+                if final:
+                    await self.stream.send_all(final)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await trio.aclose_forcefully(self.stream)
