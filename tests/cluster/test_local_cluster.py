@@ -1,0 +1,136 @@
+"""``python -m services.cluster`` as a user runs it: one command, a working chat, a clean stop.
+
+A real subprocess on free ports: it starts redis-server, three gateways and HAProxy;
+a raw socket connects through HAProxy, chooses a nickname, sees the welcome and its
+own line echoed; then SIGINT (Ctrl-C) must stop every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import pytest
+
+from tests.deploy._util import (
+    Proc,
+    children_of,
+    connect_client,
+    free_ports,
+    group_members,
+    haproxy_binary,
+    process_gone,
+    redis_server_binary,
+    wait_until,
+)
+
+
+@pytest.fixture(autouse=True)
+def _close_chat_clients() -> None:
+    """Shadows tests/conftest.py's autouse *trio* fixture, which sync tests cannot use."""
+
+
+pytestmark = pytest.mark.skipif(redis_server_binary() is None, reason="no redis-server binary to start")
+
+
+def cluster_argv(ports: list[int], *extra: str) -> list[str]:
+    lb, g1, g2, g3, h1, h2, h3, redis = ports
+    return [
+        sys.executable, "-m", "services.cluster",
+        "--lb-port", str(lb),
+        "--gateway-ports", f"{g1},{g2},{g3}",
+        "--http-ports", f"{h1},{h2},{h3}",
+        "--redis-port", str(redis),
+        *extra,
+    ]  # fmt: skip
+
+
+def cluster_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    env["CHAT_DRAIN_TIMEOUT_S"] = "3"
+    return env
+
+
+def stop_and_check_gone(proc: Proc, pids: dict[str, int]) -> None:
+    """SIGINT the cluster, as Ctrl-C would; it must exit 0 leaving no process behind."""
+    direct = children_of(proc.pid)
+    assert sorted(direct) == sorted(pids.values()), (direct, pids)
+    proc.send_signal(signal.SIGINT)  # the terminal's Ctrl-C: the foreground process group
+    code = proc.wait(timeout_s=30)
+    proc.close()
+    assert code == 0, proc.tail()
+    leftovers = {name: pid for name, pid in pids.items() if not process_gone(pid)}
+    assert not leftovers, f"still running after Ctrl-C: {leftovers}\n{proc.tail()}"
+    for name, pid in pids.items():
+        assert not group_members(pid), f"{name}'s process group {pid} is not empty"
+    stopped = proc.wait_for_record(lambda r: r.get("event") == "cluster.stopped", 1, "stopped")
+    assert stopped["left_running"] == []
+
+
+@pytest.mark.skipif(haproxy_binary() is None, reason="haproxy is not installed")
+def test_cluster_behind_haproxy_chats_and_stops_cleanly() -> None:
+    ports = free_ports(8)
+    with Proc("cluster", cluster_argv(ports), cluster_env()) as proc:
+        ready = proc.wait_for_record(lambda r: r.get("event") == "cluster.ready", 60, "cluster.ready")
+        assert ready["connect"] == [f"nc localhost {ports[0]}"]
+        assert set(ready["pids"]) == {"redis", "gw1", "gw2", "gw3", "haproxy"}
+        assert ready["redis"]["owned"] is True
+
+        with connect_client(ports[0]) as alice:
+            welcome = alice.login("alice")
+            assert "#lobby" in welcome
+            alice.send_line("hello from the one-command cluster")
+            alice.read_until(
+                lambda line: line == "#lobby <alice> hello from the one-command cluster",
+                10,
+                "the echoed chat line",
+            )
+        # Gateway output is relayed as JSON lines, each tagged with its source.
+        proc.wait_for_record(
+            lambda r: r.get("source", "").startswith("gw") and r.get("event") == "client.joined",
+            10,
+            "a gateway's client.joined event",
+        )
+        stop_and_check_gone(proc, ready["pids"])
+
+
+def test_cluster_without_haproxy_prints_gateway_ports() -> None:
+    ports = free_ports(8)
+    with Proc("cluster", cluster_argv(ports, "--no-haproxy"), cluster_env()) as proc:
+        ready = proc.wait_for_record(lambda r: r.get("event") == "cluster.ready", 60, "cluster.ready")
+        assert ready["haproxy"] is None
+        assert ready["connect"] == [f"nc localhost {port}" for port in ports[1:4]]
+        with connect_client(ports[2]) as bob:
+            bob.login("bob")
+            bob.send_line("direct")
+            bob.read_until(lambda line: line == "#lobby <bob> direct", 10, "the echo")
+        stop_and_check_gone(proc, ready["pids"])
+
+
+def test_cluster_refuses_a_busy_port() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = free_ports(8)
+        ports[1] = port
+        with Proc("cluster", cluster_argv(ports), cluster_env()) as proc:
+            code = proc.wait(timeout_s=30)
+            proc.close()
+            assert code == 2
+            assert any(f"in use on 127.0.0.1: {port}" in line for line in proc.lines), proc.tail()
+
+
+def test_console_format_prefixes_lines() -> None:
+    ports = free_ports(8)
+    argv = cluster_argv(ports, "--no-haproxy", "--log-format", "console")
+    with Proc("cluster", argv, cluster_env()) as proc:
+        proc.wait_for_line(lambda line: "connect:   nc localhost" in line, 60, "the banner")
+        wait_until(lambda: any(line.startswith("gw1     |") for line in proc.lines), 10, "gw1 lines")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout_s=30) == 0
+        proc.close()
+        assert any(line.startswith("cluster |") and "cluster.stopped" in line for line in proc.lines)
