@@ -171,13 +171,16 @@ class _CommandConnection:
 
     async def run(self) -> None:
         """Serve until the connection fails; then fail every waiting caller."""
+        reason = "connection closed"
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._watchdog)
                 await self._reader()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise _ConnectionLost(str(exc) or type(exc).__name__) from None
+        except* (_ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError,
+                 OSError) as group:
+            exc = group.exceptions[0]
+            reason = str(exc) or type(exc).__name__
         finally:
             self.closed = True
             while self.waiting:
@@ -186,6 +189,7 @@ class _CommandConnection:
                 pending.done.set()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
+        raise _ConnectionLost(reason)
 
     async def _writer(self) -> None:
         while True:
@@ -239,12 +243,14 @@ class RedisClient:
         timeout_s: float = 2.0,
         name: str = "chat",
         on_state: StateCallback | None = None,
+        on_reconnect: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self.name = name
         self.on_state = on_state
+        self.on_reconnect = on_reconnect
         self.backoff = backoff or Backoff()
         self.reconnects = 0
         self._conn: _CommandConnection | None = None
@@ -285,6 +291,8 @@ class RedisClient:
             self._conn = conn
             if ever_connected:
                 self.reconnects += 1
+                if self.on_reconnect:
+                    self.on_reconnect()
             log.info(
                 "redis.reconnected" if ever_connected else "redis.connected",
                 connection=self.name,
@@ -366,6 +374,7 @@ class Subscriber:
         timeout_s: float = 2.0,
         name: str = "chat-sub",
         on_state: StateCallback | None = None,
+        on_reconnect: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
     ) -> None:
         self.url = url
@@ -373,6 +382,7 @@ class Subscriber:
         self.timeout_s = timeout_s
         self.name = name
         self.on_state = on_state
+        self.on_reconnect = on_reconnect
         self.backoff = backoff or Backoff()
         self.reconnects = 0
         self.wanted: set[bytes] = set()
@@ -468,6 +478,8 @@ class Subscriber:
             failures = 0
             if ever_connected:
                 self.reconnects += 1
+                if self.on_reconnect:
+                    self.on_reconnect()
             log.info(
                 "redis.reconnected" if ever_connected else "redis.connected",
                 connection=self.name,
@@ -487,8 +499,8 @@ class Subscriber:
                     nursery.cancel_scope.cancel()
                 if self._restart.is_set():
                     reason = "restart requested (canary lost)"
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                reason = str(exc) or type(exc).__name__
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+                reason = str(group.exceptions[0]) or type(group.exceptions[0]).__name__
             finally:
                 self._stream = None
                 self._fail_waiters()

@@ -13,6 +13,7 @@ same bytes to each local member's outbox.  It never waits on a client.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -27,13 +28,18 @@ import trio
 
 from services.common.bus import Bus, Publication, decode_publication
 from services.common.config import Settings
+from services.common.http import serve_http
 from services.common.keys import Keys
+from services.common.metrics import Metrics
 from services.common.redis import RedisClient, RedisError, RedisUnavailable, Subscriber
 from services.gateway import protocol as p
 from services.gateway.commands import Commands
+from services.gateway.proxy_protocol import ProxyProtocolError, is_trusted, read_proxy_header
 from services.gateway.session import Session
 
 log = structlog.get_logger()
+
+PROXY_HEADER_TIMEOUT_S = 5.0
 
 
 @dataclass(eq=False)
@@ -49,6 +55,7 @@ class LocalRoom:
     last_seq: int | None = None
     filling: bool = False
     backlog: list[Publication] = field(default_factory=list)
+    progress: trio.Event | None = None  # set on each delivery while someone waits
 
     @property
     def empty(self) -> bool:
@@ -58,16 +65,17 @@ class LocalRoom:
 class Gateway:
     """One gateway process's state.  Run :meth:`serve` with ``nursery.start``."""
 
-    def __init__(self, settings: Settings, *, metrics: Any = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.gateway_id: str = settings.gateway_id
         self.keys = Keys(settings.key_prefix)
-        self.metrics = metrics
+        self.metrics = Metrics(self.gateway_id)
         self.redis = RedisClient(
             settings.redis_url,
             timeout_s=settings.redis_timeout_s,
             name=f"chat:{self.gateway_id}:cmd",
             on_state=self._on_redis_state,
+            on_reconnect=self.metrics.redis_reconnects_total.labels(connection="command").inc,
         )
         self.subscriber = Subscriber(
             settings.redis_url,
@@ -75,6 +83,7 @@ class Gateway:
             timeout_s=settings.redis_timeout_s,
             name=f"chat:{self.gateway_id}:sub",
             on_state=self._on_redis_state,
+            on_reconnect=self.metrics.redis_reconnects_total.labels(connection="subscriber").inc,
         )
         self.bus = Bus(self.redis, self.keys, self.gateway_id)
         self.commands = Commands(self)
@@ -88,6 +97,7 @@ class Gateway:
         self.available = False
         self.draining = False
         self.ports: list[int] = []
+        self.http_port: int | None = None
         self.last_canary = -math.inf
         self.canary_sent = 0
         self._state_changed = trio.Event()
@@ -95,18 +105,15 @@ class Gateway:
         self._listen_scope = trio.CancelScope()
         self._all_gone = trio.Event()
 
-    # -- metrics hooks (no-ops without a metrics object) ------------------------------
+    # -- metrics hooks ----------------------------------------------------------------
     def metrics_rejected(self, reason: str) -> None:
-        if self.metrics is not None:
-            self.metrics.rejected_lines_total.labels(reason=reason).inc()
+        self.metrics.rejected_lines_total.labels(reason=reason).inc()
 
     def metrics_slow_consumer(self) -> None:
-        if self.metrics is not None:
-            self.metrics.slow_consumer_disconnects_total.inc()
+        self.metrics.slow_consumer_disconnects_total.inc()
 
     def metrics_message_in(self) -> None:
-        if self.metrics is not None:
-            self.metrics.messages_in_total.inc()
+        self.metrics.messages_in_total.inc()
 
     # -- readiness ----------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
@@ -149,6 +156,13 @@ class Gateway:
                 max_clients=self.settings.max_clients,
             )
             nursery.start_soon(self._accept, listeners)
+            if self.settings.http_listen is not None:
+                hp = self.settings.http_listen
+                self.http_port = await nursery.start(
+                    functools.partial(serve_http, hp.host, hp.port, ready=self.ready,
+                                      metrics=self.metrics)
+                )
+                log.info("http.started", listen=f"{hp.host}:{self.http_port}")
             task_status.started(self.ports)
 
     async def _accept(self, listeners: list[trio.SocketListener]) -> None:
@@ -158,6 +172,12 @@ class Gateway:
     async def _handle(self, stream: trio.SocketStream) -> None:
         peer = _peer_name(stream)
         _enable_keepalive(stream)
+        leftover = b""
+        if self.settings.proxy_protocol:
+            proxied = await self._read_proxy_header(stream, peer)
+            if proxied is None:
+                return
+            peer, leftover = proxied
         session = Session(self, stream, peer)
         if len(self.sessions) >= self.settings.max_clients or self.draining:
             reason = "gateway shutting down" if self.draining else "server full"
@@ -168,20 +188,39 @@ class Gateway:
             await trio.aclose_forcefully(stream)
             return
         self.sessions.add(session)
-        if self.metrics is not None:
-            self.metrics.connections.inc()
-            self.metrics.connections_total.inc()
+        self.metrics.connections.inc()
+        self.metrics.connections_total.inc()
         try:
-            await session.run()
+            await session.run(leftover)
         except Exception:
             # One client's bug must not take the gateway down: log it once, with traceback.
             log.exception("client.crashed", conn=session.conn_id, peer=peer)
         finally:
             self.sessions.discard(session)
-            if self.metrics is not None:
-                self.metrics.connections.dec()
+            self.metrics.connections.dec()
             if self.draining and not self.sessions:
                 self._all_gone.set()
+
+    async def _read_proxy_header(
+        self, stream: trio.SocketStream, peer: str
+    ) -> tuple[str, bytes] | None:
+        """The real client address from a PROXY header, and the bytes after it;
+        ``None`` (connection closed, event logged) when it is untrusted or malformed."""
+        peer_ip = peer.rsplit(":", 1)[0].strip("[]")
+        if not is_trusted(peer_ip, self.settings.trusted_proxies):
+            log.warning("proxy.untrusted", peer=peer)
+            await trio.aclose_forcefully(stream)
+            return None
+        try:
+            header, leftover = await read_proxy_header(stream, PROXY_HEADER_TIMEOUT_S)
+        except ProxyProtocolError as exc:
+            log.warning("proxy.malformed", peer=peer, error=str(exc))
+            await trio.aclose_forcefully(stream)
+            return None
+        if header.source is None:  # LOCAL: a health check from the proxy itself
+            return peer, leftover
+        host, port = header.source
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), leftover
 
     # -- nicknames and rooms ----------------------------------------------------------------
     async def claim_nick(self, session: Session, folded: str, nick: str) -> bool:
@@ -196,8 +235,7 @@ class Gateway:
             self.claiming.discard(folded)
         session.nick, session.folded = nick, folded
         self.by_nick[folded] = session
-        if self.metrics is not None:
-            self.metrics.joins_total.inc()
+        self.metrics.joins_total.inc()
         return True
 
     async def join_room(self, session: Session, name: str, *, kind: str = "join") -> None:
@@ -310,11 +348,24 @@ class Gateway:
             await self.bus.publish(name, "nick", old, new)
         return 1
 
-    async def publish(self, room: str, kind: str, nick: str, text: str = "") -> None:
+    async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int:
+        """Publish in ``room``; returns the sequence number.  Raises RedisError."""
         started = trio.current_time()
-        await self.bus.publish(room, kind, nick, text)
-        if self.metrics is not None:
-            self.metrics.publish_latency_seconds.observe(trio.current_time() - started)
+        seq = await self.bus.publish(room, kind, nick, text)
+        self.metrics.publish_latency_seconds.observe(trio.current_time() - started)
+        return seq
+
+    async def wait_delivered(self, room_name: str, seq: int, timeout_s: float) -> None:
+        """Wait (bounded) until this gateway has delivered ``room_name`` up to ``seq``,
+        so a client leaving right after sending still sees its own last line."""
+        with trio.move_on_after(timeout_s):
+            while True:
+                room = self.rooms.get(room_name)
+                if room is None or room.last_seq is None or room.last_seq >= seq:
+                    return
+                if room.progress is None:
+                    room.progress = trio.Event()
+                await room.progress.wait()
 
     # -- fan-out ----------------------------------------------------------------------------
     def _on_message(self, channel: bytes, data: bytes) -> None:
@@ -352,15 +403,17 @@ class Gateway:
         self._fan_out(room, pub)
 
     def _fan_out(self, room: LocalRoom, pub: Publication) -> None:
-        if self.metrics is not None and pub.time:
-            self.metrics.subscriber_lag_seconds.observe(max(0.0, time.time() - pub.time))
+        if pub.time:
+            self.metrics.observe_subscriber_lag(time.time() - pub.time)
         line = self._format(room.name, pub)
         for session in room.members:
             session.deliver(line)
         for buffer in room.joining.values():
             buffer.append(pub)
-        if self.metrics is not None:
-            self.metrics.deliveries_total.inc(len(room.members))
+        if room.progress is not None:
+            room.progress.set()
+            room.progress = None
+        self.metrics.deliveries_total.inc(len(room.members))
 
     async def _fill_gap(self, room: LocalRoom) -> None:
         """Deliver what the subscriber missed, from the room's history, then the backlog."""
@@ -451,6 +504,8 @@ class Gateway:
 
     # -- Redis state ------------------------------------------------------------------------
     def _on_redis_state(self, connected: bool) -> None:
+        self.metrics.redis_up.set(1 if self.redis.connected else 0)
+        self.metrics.subscriber_up.set(1 if self.subscriber.connected else 0)
         self._state_changed.set()
 
     async def _watch_redis_state(self) -> None:

@@ -17,8 +17,8 @@ import trio
 class Outbox:
     """Byte-capped buffer between fan-out (many producers) and one writer task."""
 
-    __slots__ = ("_chunks", "_lot", "_ready", "closed", "limit_bytes", "on_overflow",
-                 "overflowed", "size")
+    __slots__ = ("_chunks", "_lot", "_ready", "closed", "finishing", "limit_bytes",
+                 "on_overflow", "overflowed", "size")
 
     def __init__(self, limit_bytes: int, on_overflow: Callable[[], None]) -> None:
         self.limit_bytes = limit_bytes
@@ -26,6 +26,7 @@ class Outbox:
         self.size = 0
         self.overflowed = False
         self.closed = False
+        self.finishing = False
         self._chunks: list[bytes] = []
         self._ready = False
         self._lot = trio.lowlevel.ParkingLot()
@@ -55,9 +56,14 @@ class Outbox:
         return data
 
     async def wait(self) -> None:
-        """Return once something is pending."""
-        while not self._ready:
+        """Return once something is pending, or :meth:`finish` was called."""
+        while not self._ready and not self.finishing:
             await self._lot.park()
+
+    def finish(self) -> None:
+        """Ask the writer to send what is pending and stop."""
+        self.finishing = True
+        self._lot.unpark_all()
 
     def close(self) -> None:
         self.closed = True

@@ -27,6 +27,7 @@ log = structlog.get_logger()
 
 RECEIVE_BYTES = 16384
 FAREWELL_TIMEOUT_S = 5.0
+FLUSH_TIMEOUT_S = 2.0
 _conn_ids = itertools.count(1)
 
 UNAVAILABLE = p.error("chat is unavailable right now (cannot reach Redis); try again shortly")
@@ -70,6 +71,7 @@ class Session:
         self.scope = trio.CancelScope()
         self.close_reason: str | None = None  # set when the server ends the session
         self.leave_text = ""
+        self.last_published: tuple[str, int] | None = None
         self.flood = TokenBucket(self.settings.flood_burst, self.settings.flood_rate)
         self.framer = p.LineFramer(self.settings.max_line_bytes)
         self.log = log
@@ -103,7 +105,10 @@ class Session:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer)
                     ended_by = await self._serve(leftover)
-                    nursery.cancel_scope.cancel()
+                    # The client is done sending; let the writer flush what is queued
+                    # (a /quit's own last lines), bounded, rather than cut it off.
+                    self.outbox.finish()
+                    nursery.cancel_scope.deadline = trio.current_time() + FLUSH_TIMEOUT_S
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             ended_by = "connection reset"
         finally:
@@ -117,6 +122,8 @@ class Session:
             data = outbox.take()
             if data:
                 await stream.send_all(data)
+            elif outbox.finishing:
+                return
 
     async def _serve(self, leftover: bytes) -> str:
         """Read and handle lines until the client leaves; returns how it ended."""
@@ -132,6 +139,9 @@ class Session:
                     self._reject(event.reason)
                     continue
                 if await self._handle(event.text) == "quit":
+                    if self.last_published is not None:
+                        await self.gateway.wait_delivered(*self.last_published, timeout_s=1.0)
+                    self.deliver(p.info("bye"))
                     return "quit"
             timeout = self.settings.idle_timeout_s if self.nick else deadline_s
             with trio.move_on_after(timeout) as idle:
@@ -172,11 +182,12 @@ class Session:
         assert self.nick is not None
         room = self.rooms[-1]
         try:
-            await self.gateway.publish(room, kind, self.nick, text)
+            seq = await self.gateway.publish(room, kind, self.nick, text)
         except RedisError as exc:
             self.log.warning("message.not_delivered", room=room, error=str(exc))
             self.deliver(NOT_DELIVERED)
             return
+        self.last_published = (room, seq)
         self.gateway.metrics_message_in()
 
     async def _choose_nick(self, text: str) -> str | None:
@@ -244,8 +255,6 @@ class Session:
             final = (b"\r\n" if self.outbox.overflowed else final) + p.error(
                 f"disconnected: {self.close_reason}"
             )
-        elif ended_by == "quit":
-            final += p.info("bye")
         self.outbox.close()
         # A slow consumer reads its reason only once it reads again: wait a while.
         with trio.move_on_after(FAREWELL_TIMEOUT_S):
