@@ -100,9 +100,9 @@ async def start_gateway(
 
 
 @pytest.fixture(autouse=True)
-async def _close_chat_clients() -> AsyncIterator[None]:
+def _close_chat_clients() -> Iterator[None]:
     yield
-    await ChatClient.close_all()
+    ChatClient.close_all()
 
 
 @pytest.fixture

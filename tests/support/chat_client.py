@@ -65,6 +65,19 @@ class ChatClient:
                         return line
                 await self._read_more()
 
+    async def seen(self, pattern: str, timeout: float = DEFAULT_TIMEOUT_S) -> str:
+        """A line matching ``pattern`` anywhere in what was received so far or
+        arrives within ``timeout``; does not move the ``expect`` cursor."""
+        regex = re.compile(pattern)
+        checked = 0
+        with trio.fail_after(timeout):
+            while True:
+                for line in self.lines[checked:]:
+                    if regex.search(line):
+                        return line
+                checked = len(self.lines)
+                await self._read_more()
+
     async def read_until_closed(self, timeout: float = DEFAULT_TIMEOUT_S) -> list[str]:
         """Every line until the server closes the connection."""
         with trio.fail_after(timeout):
@@ -90,6 +103,6 @@ class ChatClient:
         await self.stream.aclose()
 
     @classmethod
-    async def close_all(cls) -> None:
+    def close_all(cls) -> None:
         while cls.open_clients:
-            await trio.aclose_forcefully(cls.open_clients.pop().stream)
+            cls.open_clients.pop().stream.socket.close()

@@ -1,0 +1,107 @@
+"""Configuration from flags and CHAT_* variables; bad values exit with status 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import subprocess
+import sys
+
+import pytest
+
+from services.common.config import (
+    ConfigError,
+    HostPort,
+    RedisURL,
+    Settings,
+    env_name,
+    load_settings,
+)
+
+
+def test_defaults() -> None:
+    s = load_settings([], {})
+    assert s.listen == HostPort("127.0.0.1", 7000)
+    assert s.redis_url == RedisURL("127.0.0.1", 6379, 0)
+    assert s.max_line_bytes == 4096
+    assert s.idle_timeout_s == math.inf
+    assert s.default_room == "#lobby"
+
+
+def test_gateway_ids_are_unique_per_process_by_default() -> None:
+    assert load_settings([], {}).gateway_id != load_settings([], {}).gateway_id
+
+
+def test_environment_and_flags_flag_wins() -> None:
+    env = {
+        "CHAT_LISTEN": "0.0.0.0:7001",
+        "CHAT_REDIS_URL": "redis://:s3cret@redis.example:6380/3",
+        "CHAT_GATEWAY_ID": "gw1",
+        "CHAT_LOG_FORMAT": "console",
+        "CHAT_LOG_LEVEL": "debug",
+        "CHAT_IDLE_TIMEOUT_S": "300",
+    }
+    s = load_settings(["--gateway-id", "from-flag", "--max-line-bytes", "100"], env)
+    assert s.listen == HostPort("0.0.0.0", 7001)
+    assert s.redis_url == RedisURL("redis.example", 6380, 3, None, "s3cret")
+    assert "s3cret" not in str(s.redis_url)
+    assert s.gateway_id == "from-flag"
+    assert s.log_format == "console" and s.log_level == "debug"
+    assert s.idle_timeout_s == 300.0
+    assert s.max_line_bytes == 100
+
+
+def test_redis_url_with_user_and_password() -> None:
+    s = load_settings(["--redis-url", "redis://chat:p%40ss@127.0.0.1:6379/2"], {})
+    assert (s.redis_url.username, s.redis_url.password, s.redis_url.db) == ("chat", "p@ss", 2)
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"CHAT_LISTEN": "nope"}, "CHAT_LISTEN"),
+        ({"CHAT_LISTEN": "127.0.0.1:99999"}, "CHAT_LISTEN"),
+        ({"CHAT_REDIS_URL": "http://x"}, "CHAT_REDIS_URL"),
+        ({"CHAT_REDIS_URL": "redis://x/abc"}, "CHAT_REDIS_URL"),
+        ({"CHAT_GATEWAY_ID": "has space"}, "CHAT_GATEWAY_ID"),
+        ({"CHAT_LOG_FORMAT": "xml"}, "CHAT_LOG_FORMAT"),
+        ({"CHAT_MAX_LINE_BYTES": "0"}, "CHAT_MAX_LINE_BYTES"),
+        ({"CHAT_OUTBOX_BYTES": "lots"}, "CHAT_OUTBOX_BYTES"),
+        ({"CHAT_DEFAULT_ROOM": "lobby"}, "CHAT_DEFAULT_ROOM"),
+        ({"CHAT_HEARTBEAT_TTL_S": "1", "CHAT_HEARTBEAT_INTERVAL_S": "2"}, "heartbeat"),
+        ({"CHAT_TRUSTED_PROXIES": "10.0.0.0/33"}, "CHAT_TRUSTED_PROXIES"),
+    ],
+)
+def test_invalid_values_raise_one_line_errors(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings([], env)
+    message = str(info.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_every_setting_has_a_flag_and_env_var_in_help() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "services.gateway", "--help"], capture_output=True, text=True,
+        check=True,
+    ).stdout
+    for f in dataclasses.fields(Settings):
+        assert "--" + f.name.replace("_", "-") in out
+        assert env_name(f.name) in out
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--listen", "bogus"], {}), ([], {"CHAT_LOG_LEVEL": "loud"}), (["--no-such-flag"], {})],
+)
+def test_invalid_configuration_exits_2_with_one_line(args: list[str], env: dict[str, str]) -> None:
+    import os
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.gateway", *args],
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=30,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("chat-gateway: error: "), proc.stderr

@@ -1,0 +1,109 @@
+"""The Trio RESP client against a real redis-server."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+import trio
+
+from services.common.config import parse_redis_url
+from services.common.redis import (
+    RedisClient,
+    RedisReplyError,
+    RedisUnavailable,
+    Subscriber,
+)
+from tests.conftest import wait_until
+from tests.support.redis_server import RedisServer, free_port
+
+
+async def test_pipelined_commands_from_many_tasks_get_their_own_replies(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    client = RedisClient(parse_redis_url(redis_server.url))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        await client.wait_connected()
+        results: dict[int, object] = {}
+
+        async def worker(i: int) -> None:
+            key = f"{key_prefix}k{i}"
+            await client.execute("SET", key, f"v{i}")
+            results[i] = await client.execute("GET", key)
+
+        async with trio.open_nursery() as workers:
+            for i in range(500):
+                workers.start_soon(worker, i)
+        assert results == {i: f"v{i}".encode() for i in range(500)}
+        nursery.cancel_scope.cancel()
+
+
+async def test_error_replies_raise_and_the_connection_survives(redis_server: RedisServer) -> None:
+    client = RedisClient(parse_redis_url(redis_server.url))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        await client.wait_connected()
+        with pytest.raises(RedisReplyError, match="unknown command"):
+            await client.execute("NOSUCHCOMMAND")
+        assert await client.execute("PING") == b"PONG"
+        nursery.cancel_scope.cancel()
+
+
+async def test_not_connected_raises_at_once() -> None:
+    client = RedisClient(parse_redis_url(f"redis://127.0.0.1:{free_port()}/0"))
+    with pytest.raises(RedisUnavailable):
+        await client.execute("PING")
+
+
+async def test_password_and_database_from_the_url() -> None:
+    with RedisServer(password="pw") as server:
+        client = RedisClient(parse_redis_url(f"redis://:pw@127.0.0.1:{server.port}/5"))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            await client.wait_connected()
+            await client.execute("SET", "in-db-5", "yes")
+            nursery.cancel_scope.cancel()
+        assert server.client(db=5).get("in-db-5") == b"yes"
+        assert server.client(db=0).get("in-db-5") is None
+
+
+async def test_reconnects_after_client_kill(redis_server: RedisServer, rc: redis.Redis) -> None:
+    client = RedisClient(parse_redis_url(redis_server.url), name="kill-me-cmd")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        await client.wait_connected()
+        await trio.to_thread.run_sync(lambda: rc.execute_command("CLIENT", "KILL", "ID", _id("kill-me-cmd", rc)))
+        await wait_until(lambda: client.reconnects == 1 and client.connected)
+        assert await client.execute("PING") == b"PONG"
+        nursery.cancel_scope.cancel()
+
+
+def _id(name: str, rc: redis.Redis) -> str:
+    for entry in rc.client_list():
+        if entry.get("name") == name:
+            return str(entry["id"])
+    raise AssertionError(f"no client named {name}")
+
+
+async def test_subscriber_resubscribes_after_reconnect(
+    redis_server: RedisServer, rc: redis.Redis, key_prefix: str
+) -> None:
+    got: list[tuple[bytes, bytes]] = []
+    sub = Subscriber(parse_redis_url(redis_server.url), lambda c, d: got.append((c, d)),
+                     name="kill-me-sub")
+    channel = f"{key_prefix}chan"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sub.run)
+        await wait_until(lambda: sub.connected)
+        await sub.subscribe(channel)
+        rc.publish(channel, "one")
+        await wait_until(lambda: len(got) == 1)
+        rc.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await wait_until(lambda: sub.reconnects == 1 and sub.connected)
+        await wait_until(lambda: rc.pubsub_numsub(channel)[0][1] == 1)
+        rc.publish(channel, "two")
+        await wait_until(lambda: len(got) == 2)
+        assert got == [(channel.encode(), b"one"), (channel.encode(), b"two")]
+        await sub.unsubscribe(channel)
+        await wait_until(lambda: rc.pubsub_numsub(channel)[0][1] == 0)
+        nursery.cancel_scope.cancel()
