@@ -72,7 +72,7 @@ async def test_reconnects_after_client_kill(redis_server: RedisServer, rc: redis
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
         await client.wait_connected()
-        await trio.to_thread.run_sync(lambda: rc.execute_command("CLIENT", "KILL", "ID", _id("kill-me-cmd", rc)))
+        rc.execute_command("CLIENT", "KILL", "ID", _id("kill-me-cmd", rc))
         await wait_until(lambda: client.reconnects == 1 and client.connected)
         assert await client.execute("PING") == b"PONG"
         nursery.cancel_scope.cancel()
