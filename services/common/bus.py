@@ -4,7 +4,7 @@ Every multi-key change is one Lua script, so it is atomic across the cluster:
 claiming a nickname, renaming, publishing with a per-room sequence number and
 history, and releasing a dead gateway's users (exactly once, whoever runs it).
 
-Room publications travel as ``b"<epoch> <seq> <json>"``.  The epoch changes
+Room publications travel as ``b"<epoch> <seq> <room> <json>"``.  The epoch changes
 when Redis loses its data (a restart), so sequence numbers restart from 1 under a
 new epoch instead of looking like duplicates.  The JSON envelope is
 ``{"k": kind, "n": nick, "x": text, "g": origin gateway, "t": unix time}``
@@ -44,7 +44,7 @@ local function epoch(prefix)
 end
 local function publish_room(prefix, room, body, keep)
   local seq = redis.call('INCR', prefix .. 'room:' .. room .. ':seq')
-  local payload = epoch(prefix) .. ' ' .. seq .. ' ' .. body
+  local payload = epoch(prefix) .. ' ' .. seq .. ' ' .. room .. ' ' .. body
   if keep > 0 then
     local hist = prefix .. 'room:' .. room .. ':history'
     redis.call('RPUSH', hist, payload)
@@ -198,6 +198,7 @@ class Publication:
 
     epoch: str
     seq: int
+    room: str
     kind: str
     nick: str
     text: str
@@ -214,13 +215,14 @@ def encode_body(kind: str, nick: str, text: str, gateway: str) -> str:
 
 
 def decode_publication(payload: bytes) -> Publication:
-    """Parse ``b"<epoch> <seq> <json>"``; raises ``ValueError``, ``KeyError`` or
-    ``TypeError`` when malformed."""
-    epoch, seq_raw, body = payload.split(b" ", 2)
+    """Parse ``b"<epoch> <seq> <room> <json>"``; raises ``ValueError``, ``KeyError``
+    or ``TypeError`` when malformed."""
+    epoch, seq_raw, room, body = payload.split(b" ", 3)
     data = json.loads(body)
     return Publication(
         epoch=epoch.decode(),
         seq=int(seq_raw),
+        room=room.decode(),
         kind=str(data["k"]),
         nick=str(data["n"]),
         text=str(data.get("x", "")),

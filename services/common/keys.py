@@ -14,13 +14,15 @@ Keys
 ``{p}gw:{id}:info``            HASH  started_at, clients, listen, pid (for operators)
 ``{p}room:{room}:members``     HASH  folded nick -> display nick, every member anywhere
 ``{p}room:{room}:seq``         STRING per-room publication sequence (INCR)
-``{p}room:{room}:history``     LIST  last publications of the room, each ``"<seq> <json>"``
+``{p}room:{room}:history``     LIST  last publications of the room, as published
+``{p}epoch``                   STRING changes when Redis lost its data; part of every publication
 ``{p}rooms``                   SET   rooms that currently have members
 ``{p}nick:{folded}:rooms``     SET   rooms a nickname is in
 
 Channels
 --------
-``{p}room:{room}``             every publication in a room, ``"<seq> <json>"``
+``{p}room:{room}``             every publication in a room, ``"<epoch> <seq> <room> <json>"``
+                               (see :mod:`services.common.bus`)
 ``{p}node:{id}``               commands addressed to one gateway (private messages,
                                kicks, canaries), plain JSON
 ``{p}all``                     announcements to every gateway, plain JSON

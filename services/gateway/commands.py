@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 Handler = Callable[["Session", str], Awaitable[str | None]]
 
 WHO_LIMIT = 500
+MAX_ROOMS_PER_CLIENT = 20
+NO_ROOM = p.error("you are in no room; /join #room to chat")
 
 UNAVAILABLE = p.error("chat is unavailable right now (cannot reach Redis); try again shortly")
 
@@ -32,6 +34,12 @@ class Commands:
             "help": self.help,
             "who": self.who,
             "quit": self.quit,
+            "join": self.join,
+            "part": self.part,
+            "rooms": self.rooms,
+            "msg": self.msg,
+            "nick": self.nick,
+            "me": self.me,
         }
 
     async def run(self, session: Session, command: p.Command) -> str | None:
@@ -55,10 +63,117 @@ class Commands:
         return None
 
     async def who(self, session: Session, arg: str) -> str | None:
-        nicks = await self.gateway.bus.online()
+        if arg:
+            room = p.normalize_room(arg)
+            problem = p.validate_room(room)
+            if problem:
+                session.deliver(p.error(f"invalid room: {problem}"))
+                return None
+            nicks = await self.gateway.bus.room_members(room)
+            where = f" in {room}"
+        else:
+            nicks = await self.gateway.bus.online()
+            where = " online"
         shown = ", ".join(nicks[:WHO_LIMIT])
         more = f" and {len(nicks) - WHO_LIMIT} more" if len(nicks) > WHO_LIMIT else ""
-        session.deliver(p.info(f"{len(nicks)} online: {shown}{more}"))
+        session.deliver(p.info(f"{len(nicks)}{where}: {shown}{more}"))
+        return None
+
+    async def join(self, session: Session, arg: str) -> str | None:
+        if not arg:
+            session.deliver(p.error("usage: /join #room"))
+            return None
+        room = p.normalize_room(arg)
+        problem = p.validate_room(room)
+        if problem:
+            session.deliver(p.error(f"invalid room: {problem}"))
+            return None
+        if room in session.rooms:
+            session.rooms.remove(room)
+            session.rooms.append(room)
+            session.deliver(p.info(f"now talking in {room}"))
+            return None
+        if len(session.rooms) >= MAX_ROOMS_PER_CLIENT:
+            session.deliver(p.error(f"you are in {MAX_ROOMS_PER_CLIENT} rooms already; /part one first"))
+            return None
+        await self.gateway.join_room(session, room, kind="enter")
+        session.deliver(p.info(f"now talking in {room}"))
+        return None
+
+    async def part(self, session: Session, arg: str) -> str | None:
+        if not session.rooms:
+            session.deliver(p.error("you are in no room"))
+            return None
+        room = p.normalize_room(arg) if arg else session.rooms[-1]
+        if room not in session.rooms:
+            session.deliver(p.error(f"you are not in {room}"))
+            return None
+        await self.gateway.part_room(session, room)
+        if session.rooms:
+            session.deliver(p.info(f"left {room}; now talking in {session.rooms[-1]}"))
+        else:
+            session.deliver(p.info(f"left {room}; you are in no room now, /join one to chat"))
+        return None
+
+    async def rooms(self, session: Session, arg: str) -> str | None:
+        rooms = await self.gateway.bus.rooms()
+        listing = ", ".join(f"{name} ({count})" for name, count in sorted(rooms.items()))
+        session.deliver(p.info(f"{len(rooms)} rooms: {listing}" if rooms else "0 rooms"))
+        return None
+
+    async def msg(self, session: Session, arg: str) -> str | None:
+        target, _, text = arg.partition(" ")
+        text = text.strip()
+        if not target or not text:
+            session.deliver(p.error("usage: /msg NICK TEXT"))
+            return None
+        assert session.nick is not None
+        if not session.flood.take():
+            self.gateway.metrics_rejected("flood")
+            session.deliver(p.error("too many lines, slow down; your line was not sent"))
+            return None
+        folded = p.fold_nick(target)
+        owner = await self.gateway.bus.nick_owner(folded)
+        if owner is None:
+            shown = p.sanitize(target)[:40]
+            session.deliver(p.error(f'no such nickname "{shown}"; /who lists who is online'))
+            return None
+        gateway_id, display = owner
+        receivers = await self.gateway.bus.send_to_node(
+            gateway_id, {"t": "pm", "to": folded, "from": session.nick, "text": text}
+        )
+        if receivers == 0:
+            session.deliver(p.error(f'"{display}" is unreachable right now; your message was not sent'))
+            return None
+        session.deliver(p.private_line(display, session.nick, text))
+        return None
+
+    async def nick(self, session: Session, arg: str) -> str | None:
+        new = arg.strip()
+        problem = p.validate_nick(new)
+        if problem:
+            session.deliver(p.error(f"invalid nickname: {problem}"))
+            return None
+        if new == session.nick:
+            return None
+        if not await self.gateway.rename(session, new):
+            session.deliver(p.error(f'nickname "{new}" is taken, choose another'))
+            return None
+        session.deliver(p.info(f"you are now {new}"))
+        return None
+
+    async def me(self, session: Session, arg: str) -> str | None:
+        if not arg:
+            session.deliver(p.error("usage: /me ACTION"))
+            return None
+        if not session.rooms:
+            session.deliver(NO_ROOM)
+            return None
+        if not session.flood.take():
+            self.gateway.metrics_rejected("flood")
+            session.deliver(p.error("too many lines, slow down; your line was not sent"))
+            return None
+        await session.say("act", arg)
         return None
 
     async def quit(self, session: Session, arg: str) -> str | None:

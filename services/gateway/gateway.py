@@ -489,7 +489,9 @@ class Gateway:
         elif kind == "pm":
             session = self.by_nick.get(str(msg.get("to", "")))
             if session is not None:
-                session.deliver(_pm_line(str(msg["from"]), session.nick or "", str(msg["text"])))
+                session.deliver(
+                    p.private_line(session.nick or "", str(msg["from"]), p.sanitize(str(msg["text"])))
+                )
 
     def _on_broadcast(self, msg: dict[str, Any]) -> None:
         if msg.get("t") == "announce":
@@ -653,10 +655,6 @@ class Gateway:
             except RedisError as exc:
                 log.warning("gateway.retire_failed", error=str(exc))
         log.info("gateway.stopped", clients_left=len(self.sessions))
-
-
-def _pm_line(sender: str, recipient: str, text: str) -> bytes:
-    return f"@{recipient} <{sender}> {text}\r\n".encode()
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

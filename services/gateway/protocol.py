@@ -196,6 +196,10 @@ def event_line(room: str, text: str) -> bytes:
     return f"{room} -- {text}{CRLF}".encode()
 
 
+def private_line(recipient: str, sender: str, text: str) -> bytes:
+    return f"@{recipient} <{sender}> {text}{CRLF}".encode()
+
+
 NICK_PROMPT = prompt("Choose a nickname:")
 
 REJECT_MESSAGES = {
@@ -211,10 +215,17 @@ def reject_line(reason: str, max_line_bytes: int) -> bytes:
 
 HELP_LINES = (
     "commands:",
-    "  /help            this list",
-    "  /who             everyone online, on every gateway",
-    "  /quit [reason]   leave the chat",
-    "plain lines are chat; start a line with // to send one that begins with /",
+    "  /help               this list",
+    "  /who [#room]        everyone online (or in a room)        e.g. /who #dev",
+    "  /join #room         join (or create) a room and talk there e.g. /join #dev",
+    "  /part [#room]       leave a room (default: the current one) e.g. /part #dev",
+    "  /rooms              every room with members, and how many  e.g. /rooms",
+    "  /msg NICK TEXT      a private message                      e.g. /msg bob hi",
+    "  /me ACTION          an action in the current room          e.g. /me waves",
+    "  /nick NEW           change your nickname                   e.g. /nick alice2",
+    "  /quit [reason]      leave the chat                         e.g. /quit bye all",
+    "plain lines go to your current room (the one you joined last);",
+    "start a line with // to send one that begins with /",
 )
 
 

@@ -173,6 +173,9 @@ class Session:
             self.gateway.metrics_rejected("flood")
             self.deliver(p.error("too many lines, slow down; your line was not sent"))
             return None
+        if not self.rooms:
+            self.deliver(p.error("you are in no room; /join #room to chat"))
+            return None
         await self.say("msg", p.chat_text(text))
         return None
 
