@@ -1,0 +1,1 @@
+"""Benchmark of the chat service against ngircd; run ``python -m bench --help``."""
