@@ -428,11 +428,22 @@ class LineClient:
         return self.closed
 
     def login(self, nick: str, timeout_s: float = 10.0) -> str:
-        """Send the nickname, wait for the welcome; returns the welcome line."""
+        """Send the nickname; wait for the welcome and for our own join in the room.
+
+        The join line comes after the gateway subscribed to the room, so lines
+        published from then on arrive live (before it, they may come as history).
+        Returns the welcome line.
+        """
         self.send_line(nick)
-        return self.read_until(
+        welcome = self.read_until(
             lambda line: line.startswith(f"== welcome, {nick}"), timeout_s, f"welcome of {nick}"
         )
+        self.read_until(
+            lambda line: line.startswith("#") and f" -- {nick} joined the chat!" in line,
+            timeout_s,
+            f"{nick}'s own join line",
+        )
+        return welcome
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

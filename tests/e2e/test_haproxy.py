@@ -107,6 +107,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             "HAProxy reporting gw1..gw3 UP",
         )
         yield Stack(lb_port, gateways, haproxy, sock)
+        for proc in [haproxy, *(g.proc for g in gateways)]:  # shown if the test failed
+            print(proc.tail(200))
         # Exit order (reverse of entry): HAProxy, the gateways, then Redis.
 
 

@@ -1,0 +1,197 @@
+"""``chat-admin`` against a running cluster: a real redis-server and two gateway
+processes (on free loopback ports, with a non-default key prefix), clients on both.
+
+- ``who`` and ``gateways`` list what the gateways recorded;
+- ``kick`` makes the owning gateway disconnect the user with the reason;
+- ``announce`` reaches clients on both gateways.
+
+Most commands run in-process (``main([...])``, output captured); one runs as
+``python -m services.admin`` to prove the entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.admin import main
+from tests.deploy._util import (
+    REPO,
+    LineClient,
+    Proc,
+    connect_client,
+    free_ports,
+    redis_server,
+    redis_server_binary,
+    start_gateway,
+    wait_until,
+)
+
+pytestmark = pytest.mark.skipif(redis_server_binary() is None, reason="no redis-server binary")
+
+PREFIX = "adm:"
+SETTINGS = {
+    "key_prefix": PREFIX,
+    "heartbeat_interval_s": "0.3",
+    "heartbeat_ttl_s": "3",
+    "canary_interval_s": "0.5",
+    "drain_timeout_s": "3",
+}
+
+
+@pytest.fixture(autouse=True)
+def _close_chat_clients() -> None:
+    """Shadows tests/conftest.py's autouse *trio* fixture, which sync tests cannot use."""
+
+
+@dataclass
+class Cluster:
+    redis_url: str
+    gateways: dict[str, tuple[Proc, int]]  # id -> (process, chat port)
+
+    def admin(self, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+        code = main(["--redis-url", self.redis_url, "--key-prefix", PREFIX, *argv])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    def admin_json(self, capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+        code, out, err = self.admin(capsys, *argv, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+    def client(self, gateway: str, nick: str, stack: ExitStack) -> LineClient:
+        client = stack.enter_context(connect_client(self.gateways[gateway][1]))
+        client.login(nick)
+        return client
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with ExitStack() as stack:
+        url = stack.enter_context(redis_server(tmp_path))
+        gateways = {}
+        for gw in ("adm1", "adm2"):
+            port, http_port = free_ports(2)
+            proc = stack.enter_context(start_gateway(gw, port, http_port, url, **SETTINGS))
+            gateways[gw] = (proc, port)
+        yield Cluster(url, gateways)
+        for proc, _ in gateways.values():  # shown if the test failed
+            print(proc.tail(100))
+
+
+def test_who_and_gateways_list_the_cluster(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    with ExitStack() as stack:
+        cluster.client("adm1", "Alice", stack)
+        cluster.client("adm2", "bob", stack)
+        cluster.client("adm1", "carol", stack)
+
+        who = cluster.admin_json(capsys, "who")
+        assert who["count"] == 3
+        assert {(o["nick"], o["gateway"], o["gateway_alive"]) for o in who["online"]} == {
+            ("Alice", "adm1", True),
+            ("bob", "adm2", True),
+            ("carol", "adm1", True),
+        }
+        code, out, _ = cluster.admin(capsys, "who")
+        assert code == 0
+        assert out.splitlines()[0].split() == ["NICK", "GATEWAY"]
+        assert "3 online on 2 gateway(s)" in out
+
+        def counts() -> dict[str, Any] | None:
+            states = {g["gateway"]: g for g in cluster.admin_json(capsys, "gateways")["gateways"]}
+            got = {gw: (s["clients"], s["nicks"]) for gw, s in states.items()}
+            return states if got == {"adm1": (2, 2), "adm2": (1, 1)} else None
+
+        states = wait_until(counts, 10, "client counts 2 and 1 in the heartbeats")
+        for gw, (proc, port) in cluster.gateways.items():
+            state = states[gw]
+            assert state["alive"] is True
+            assert state["heartbeat_age_s"] is not None and state["heartbeat_age_s"] < 3
+            assert state["listen"] == f"127.0.0.1:{port}"
+            assert state["pid"] == proc.pid
+        code, out, _ = cluster.admin(capsys, "gateways")
+        assert code == 0
+        assert out.splitlines()[0].split()[:5] == ["GATEWAY", "STATE", "HEARTBEAT", "CLIENTS", "NICKS"]
+        assert "2 alive, 0 dead; 3 client(s)" in out
+
+
+def test_kick_disconnects_the_user_with_the_reason(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ExitStack() as stack:
+        alice = cluster.client("adm1", "alice", stack)
+        bob = cluster.client("adm2", "bob", stack)
+        mallory = cluster.client("adm2", "Mallory", stack)
+
+        code, out, err = cluster.admin(capsys, "kick", "mallory", "flooding", "the", "lobby")
+        assert code == 0, err
+        assert out.strip() == "kicked Mallory from adm2: flooding the lobby"
+
+        line = mallory.read_until(lambda text: text.startswith("!! disconnected:"), 10, "the kick")
+        assert "flooding the lobby" in line, line
+        assert mallory.wait_closed(10), "the kicked client's connection stayed open"
+        for watcher in (alice, bob):
+            watcher.read_until(
+                lambda text: text.startswith("#lobby -- Mallory left the chat!"), 10, "the leave"
+            )
+        wait_until(
+            lambda: "mallory" not in {o["nick"].lower() for o in cluster.admin_json(capsys, "who")["online"]},
+            10,
+            "Mallory gone from who",
+        )
+
+        code, out, err = cluster.admin(capsys, "kick", "nobody")
+        assert code == 1
+        assert "no such nick: nobody" in err
+
+
+def test_announce_reaches_clients_on_every_gateway(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ExitStack() as stack:
+        alice = cluster.client("adm1", "alice", stack)
+        bob = cluster.client("adm2", "bob", stack)
+
+        result = cluster.admin_json(capsys, "announce", "maintenance", "at", "noon")
+        assert result == {"text": "maintenance at noon", "gateways": 2}
+        for client in (alice, bob):
+            client.read_until(
+                lambda text: text == "== announcement: maintenance at noon", 10, "the announcement"
+            )
+
+        code, _, err = cluster.admin(capsys, "announce", "bad \x1b[31m text")
+        assert code == 2
+        assert "control characters" in err
+
+
+def test_entry_point_runs_as_a_module(cluster: Cluster) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    env.update(CHAT_REDIS_URL=cluster.redis_url, CHAT_KEY_PREFIX=PREFIX)
+    result = subprocess.run(
+        [sys.executable, "-m", "services.admin", "gateways", "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert {g["gateway"] for g in json.loads(result.stdout)["gateways"]} == {"adm1", "adm2"}
+
+
+def test_unreachable_redis_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    (port,) = free_ports(1)
+    code = main(["--redis-url", f"redis://127.0.0.1:{port}/0", "--timeout-s", "1", "who"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"cannot talk to Redis at redis://127.0.0.1:{port}/0" in err
