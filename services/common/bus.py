@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.keys import Keys, owner_record, parse_owner_record
-from services.common.redis import Arg, RedisClient, RedisReplyError
+from services.common.redis import Arg, RedisClient, RedisReplyError, RedisUnavailable
 
 # Publications kept per room: enough to replay history on join and to fill a
 # subscriber gap after a reconnect.
@@ -58,7 +58,15 @@ end
 
 # KEYS: none (all derived from the prefix, so scripts stay cluster-agnostic within
 # one Redis).  ARGV[1] is always the key prefix.
+# ARGV: prefix, room, envelope, keep, deadline (unix ms; 0 = none).  A publish
+# that reaches Redis after its deadline (the caller already told the client it
+# was not sent) is dropped and returns 0, so a timeout never turns into a late send.
 PUBLISH_LUA = _envelope_lua() + """
+local deadline = tonumber(ARGV[5])
+if deadline > 0 then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then return 0 end
+end
 return publish_room(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
 """
 
@@ -310,11 +318,21 @@ class Bus:
         await self._leave(self.redis, self.keys.prefix, room, folded)
 
     async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int:
-        """Publish in ``room``; returns the publication's sequence number."""
+        """Publish in ``room``; returns the publication's sequence number.
+
+        Raises :class:`RedisUnavailable` when no answer came in time; Redis then
+        drops the command if it arrives later, so "not sent" stays true.
+        """
         body = encode_body(kind, nick, text, self.gateway_id)
-        return int(
-            await self._publish(self.redis, self.keys.prefix, room, body, REPLAY_WINDOW)
+        deadline_ms = int((time.time() + self.redis.timeout_s) * 1000)
+        seq = int(
+            await self._publish(
+                self.redis, self.keys.prefix, room, body, REPLAY_WINDOW, deadline_ms
+            )
         )
+        if seq == 0:
+            raise RedisUnavailable("publication reached Redis after its deadline; dropped")
+        return seq
 
     async def history(self, room: str) -> list[bytes]:
         """The room's kept publications, oldest first."""

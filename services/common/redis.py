@@ -255,6 +255,7 @@ class RedisClient:
         self.reconnects = 0
         self._conn: _CommandConnection | None = None
         self._connected_event = trio.Event()
+        self.connected_at = math.inf  # trio time of the latest successful connect
 
     @property
     def connected(self) -> bool:
@@ -289,6 +290,7 @@ class RedisClient:
             failures = 0
             conn = _CommandConnection(stream, reader, stall_s=self.timeout_s * 3)
             self._conn = conn
+            self.connected_at = trio.current_time()
             if ever_connected:
                 self.reconnects += 1
                 if self.on_reconnect:

@@ -83,7 +83,7 @@ class Gateway:
             timeout_s=settings.redis_timeout_s,
             name=f"chat:{self.gateway_id}:sub",
             on_state=self._on_redis_state,
-            on_reconnect=self.metrics.redis_reconnects_total.labels(connection="subscriber").inc,
+            on_reconnect=self._on_subscriber_reconnect,
         )
         self.bus = Bus(self.redis, self.keys, self.gateway_id)
         self.commands = Commands(self)
@@ -504,6 +504,26 @@ class Gateway:
         for session in self.sessions:
             session.deliver(line)
 
+    def _on_subscriber_reconnect(self) -> None:
+        self.metrics.redis_reconnects_total.labels(connection="subscriber").inc()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._catch_up)
+
+    async def _catch_up(self) -> None:
+        """After the subscriber reconnected, fill what every room missed meanwhile,
+        even if no new publication arrives to reveal the gap."""
+        for room in list(self.rooms.values()):
+            if room.last_seq is None or room.filling:
+                continue
+            try:
+                raw = await self.redis.execute("GET", self.keys.room_seq(room.name))
+            except RedisError as exc:
+                log.warning("gap.check_failed", room=room.name, error=str(exc))
+                continue
+            if raw is not None and int(raw) > room.last_seq and not room.filling:
+                room.filling = True
+                await self._fill_gap(room)
+
     # -- Redis state ------------------------------------------------------------------------
     def _on_redis_state(self, connected: bool) -> None:
         self.metrics.redis_up.set(1 if self.redis.connected else 0)
@@ -607,6 +627,12 @@ class Gateway:
             if self.redis.connected:
                 try:
                     await self._heartbeat()
+                    # Right after (re)connecting, our view of the leases is not to be
+                    # trusted: after a Redis stall every lease looks expired until its
+                    # owner has had a chance to renew it.
+                    if trio.current_time() - self.redis.connected_at < self.settings.heartbeat_ttl_s:
+                        await trio.sleep(self.settings.heartbeat_interval_s)
+                        continue
                     for dead in await self.bus.dead_gateways():
                         released = await self.bus.reap(dead)
                         log.warning("gateway.reaped", dead_gateway=dead, released=len(released))

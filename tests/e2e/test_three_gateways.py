@@ -73,12 +73,12 @@ async def test_fifty_clients_race_for_one_nickname(
     async def attempt(i: int, client: ChatClient) -> None:
         # Different spellings of one nickname: uniqueness ignores case.
         await client.send("racer" if i % 2 else "RACER")
-        results[i] = await client.expect(r"^(== welcome|!! nickname)")
+        results[i] = await client.expect(r"^(== welcome, |!! nickname)")
 
     async with trio.open_nursery() as nursery:
         for i, client in enumerate(clients):
             nursery.start_soon(attempt, i, client)
-    winners = [i for i, line in results.items() if line.startswith("== welcome")]
+    winners = [i for i, line in results.items() if line.startswith("== welcome, ")]
     losers = [i for i, line in results.items() if "is taken" in line]
     assert len(winners) == 1
     assert len(losers) == 49

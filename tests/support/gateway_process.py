@@ -105,4 +105,5 @@ class GatewayProcess:
 
     def cleanup(self) -> None:
         self.kill()
-        self.log_path.unlink(missing_ok=True)
+        if not os.environ.get("CHAT_TEST_KEEP_LOGS"):
+            self.log_path.unlink(missing_ok=True)

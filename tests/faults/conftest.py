@@ -1,0 +1,13 @@
+"""Settings that make faults show quickly: short leases, short Redis deadlines."""
+
+from __future__ import annotations
+
+FAST = {
+    "heartbeat_interval_s": 0.5,
+    "heartbeat_ttl_s": 2.0,
+    "redis_timeout_s": 1.0,
+    "canary_interval_s": 0.5,
+    "canary_timeout_s": 2.0,
+    "flood_burst": 5000,
+    "flood_rate": 5000,
+}

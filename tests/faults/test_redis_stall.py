@@ -1,0 +1,63 @@
+"""Redis frozen with SIGSTOP for 20 s, then resumed with SIGCONT."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import trio
+
+from tests.faults.conftest import FAST
+from tests.support.chat_client import ChatClient
+from tests.support.gateway_process import GatewayProcess
+from tests.support.redis_server import RedisServer
+
+STALL_S = 20.0
+
+
+async def test_stalled_redis_is_survived_without_a_restart(
+    fresh_redis: RedisServer, gateway_procs: Callable[..., GatewayProcess]
+) -> None:
+    gw1 = gateway_procs(fresh_redis.url, "s1", **FAST)
+    gw2 = gateway_procs(fresh_redis.url, "s2", **FAST)
+    pids = (gw1.proc.pid, gw2.proc.pid)  # type: ignore[union-attr]
+    alice = await ChatClient.join(gw1.port, "alice")
+    bob = await ChatClient.join(gw2.port, "bob")
+    assert fresh_redis.proc is not None
+    fresh_redis.proc.send_signal(signal.SIGSTOP)
+    stall_started = trio.current_time()
+    try:
+        with trio.fail_after(20):
+            # Every Redis call has a deadline: the line is refused, not hung.
+            await alice.send("during the stall")
+            await alice.expect(r"^!! not delivered: ")
+            for client in (alice, bob):
+                await client.expect(r"^== chat interrupted: ")
+            # The gateway keeps serving what needs no Redis.
+            await bob.send("/help")
+            await bob.expect(r"^== commands:$")
+            newcomer = await ChatClient.connect(gw2.port)
+            await newcomer.expect(r"^!! chat is unavailable right now")
+            await newcomer.send("carol")
+            await newcomer.expect(r"^!! chat is unavailable right now")
+            await newcomer.expect(r"^\?\? ")
+        # The fault lasts 20 s (its duration, not a synchronisation).
+        await trio.sleep_until(stall_started + STALL_S)
+    finally:
+        fresh_redis.proc.send_signal(signal.SIGCONT)
+    for client in (alice, bob):
+        await client.expect(r"^== chat is back$", timeout=20)
+    await alice.send("after the stall")
+    await bob.expect(r"^#lobby <alice> after the stall$", timeout=10)
+    await newcomer.send("carol")
+    await newcomer.expect(r"^== welcome, carol!")
+    assert (gw1.proc.pid, gw2.proc.pid) == pids  # type: ignore[union-attr]
+    assert gw1.proc.poll() is None and gw2.proc.poll() is None  # type: ignore[union-attr]
+    assert not any("during the stall" in line for line in bob.lines)
+    oracle = fresh_redis.client()
+    assert set(oracle.hkeys("chat:nicks")) == {b"alice", b"bob", b"carol"}
+    oracle.close()
+    for gw in (gw1, gw2):
+        names = [e["event"] for e in gw.events()]
+        assert "chat.interrupted" in names and "chat.restored" in names
+
