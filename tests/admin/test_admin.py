@@ -48,11 +48,6 @@ SETTINGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _close_chat_clients() -> None:
-    """Shadows tests/conftest.py's autouse *trio* fixture, which sync tests cannot use."""
-
-
 @dataclass
 class Cluster:
     redis_url: str

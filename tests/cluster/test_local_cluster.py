@@ -25,12 +25,6 @@ from tests.deploy._util import (
     wait_until,
 )
 
-
-@pytest.fixture(autouse=True)
-def _close_chat_clients() -> None:
-    """Shadows tests/conftest.py's autouse *trio* fixture, which sync tests cannot use."""
-
-
 pytestmark = pytest.mark.skipif(redis_server_binary() is None, reason="no redis-server binary to start")
 
 
@@ -52,11 +46,12 @@ def cluster_env() -> dict[str, str]:
     return env
 
 
-def stop_and_check_gone(proc: Proc, pids: dict[str, int]) -> None:
-    """SIGINT the cluster, as Ctrl-C would; it must exit 0 leaving no process behind."""
+def stop_and_check_gone(proc: Proc, pids: dict[str, int], sig: signal.Signals = signal.SIGINT) -> None:
+    """Ctrl-C (SIGINT to the foreground process group) or SIGTERM: the cluster must
+    exit 0 leaving no process behind."""
     direct = children_of(proc.pid)
     assert sorted(direct) == sorted(pids.values()), (direct, pids)
-    proc.send_signal(signal.SIGINT)  # the terminal's Ctrl-C: the foreground process group
+    proc.send_signal(sig)
     code = proc.wait(timeout_s=30)
     proc.close()
     assert code == 0, proc.tail()
@@ -105,7 +100,24 @@ def test_cluster_without_haproxy_prints_gateway_ports() -> None:
             bob.login("bob")
             bob.send_line("direct")
             bob.read_until(lambda line: line == "#lobby <bob> direct", 10, "the echo")
-        stop_and_check_gone(proc, ready["pids"])
+        stop_and_check_gone(proc, ready["pids"], signal.SIGTERM)
+
+
+def test_a_gateway_failing_at_start_up_stops_everything() -> None:
+    ports = free_ports(8)
+    env = cluster_env()
+    env["CHAT_MAX_CLIENTS"] = "0"  # the gateway rejects it and exits with status 2
+    with Proc("cluster", cluster_argv(ports, "--no-haproxy"), env) as proc:
+        code = proc.wait(timeout_s=60)
+        proc.close()
+        assert code == 1, proc.tail()
+        failed = proc.wait_for_record(lambda r: r.get("event") == "cluster.failed", 1, "failed")
+        assert "exited during start-up" in failed["reason"]
+        started = [r for r in proc.records() if r.get("event") == "process.started"]
+        assert {r["name"] for r in started} >= {"redis", "gw1"}
+        for record in started:
+            assert process_gone(record["pid"]), record
+            assert not group_members(record["pid"]), record
 
 
 def test_cluster_refuses_a_busy_port() -> None:

@@ -41,11 +41,6 @@ SETTINGS_ENV = {env_name(f.name) for f in dataclasses.fields(Settings)}
 GATEWAYS = ("gw1", "gw2", "gw3")
 
 
-@pytest.fixture(autouse=True)
-def _close_chat_clients() -> None:
-    """Shadows tests/conftest.py's autouse *trio* fixture, which sync tests cannot use."""
-
-
 def load_compose() -> dict[str, Any]:
     data = yaml.safe_load(COMPOSE.read_text())
     assert isinstance(data, dict)

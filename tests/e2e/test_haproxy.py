@@ -50,11 +50,6 @@ GATEWAY_SETTINGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _close_chat_clients() -> None:
-    """Shadows tests/conftest.py's autouse *trio* fixture, which sync tests cannot use."""
-
-
 @dataclass
 class Gw:
     name: str
