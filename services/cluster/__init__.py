@@ -15,7 +15,7 @@ Then it prints how to connect and relays every process's output, each line
 prefixed with the process name: a readable rendering when stdout is a terminal,
 one JSON object per line when it is not (``--log-format`` overrides).
 
-Ctrl-C (SIGINT) or SIGTERM stops everything it started: the gateways drain
+Ctrl-C (SIGINT), SIGTERM or SIGHUP stops everything it started: the gateways drain
 (``CHAT_DRAIN_TIMEOUT_S``) while HAProxy stops accepting, then HAProxy, then
 Redis.  Every child runs in its own process group; each group gets SIGTERM (or
 SIGUSR1 for HAProxy's soft stop), a deadline, then SIGKILL, so nothing is left
@@ -596,14 +596,35 @@ async def http_status(host: str, port: int, path: str) -> int | None:
     return None
 
 
-async def _tcp_accepts(host: str, port: int) -> bool:
+async def haproxy_ready(stats_socket: Path) -> bool:
+    """Whether HAProxy's runtime API reports the chat frontend open and a gateway UP.
+
+    Asking HAProxy itself avoids probing with a client connection, which a gateway
+    would log as a client that came and went.
+    """
     try:
         with trio.fail_after(1.0):
-            stream = await trio.open_tcp_stream(host, port)
-            await stream.aclose()
-    except (OSError, trio.TooSlowError):
+            stream = await trio.open_unix_socket(str(stats_socket))
+            async with stream:
+                await stream.send_all(b"show stat\n")
+                data = b""
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError):
         return False
-    return True
+    lines = data.decode("utf-8", "replace").splitlines()
+    if not lines or not lines[0].startswith("# "):
+        return False
+    header = lines[0][2:].split(",")
+    listening = up = False
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        status = row.get("status", "")
+        if row.get("pxname") == "chat" and row.get("svname") == "FRONTEND":
+            listening = status == "OPEN"
+        elif row.get("pxname") == "gateways" and row.get("svname", "").startswith("gw"):
+            up = up or status.startswith("UP")
+    return listening and up
 
 
 async def wait_ready(child: Child, what: str, probe: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
@@ -716,8 +737,13 @@ async def _start(sup: Supervisor, nursery: trio.Nursery, workdir: Path) -> None:
             [plan.haproxy_bin, "-db", "-f", str(plan.haproxy_config)],
             _haproxy_env(plan, environ, workdir / "haproxy.sock"),
         )
-        lb_port = plan.lb_port
-        await wait_ready(lb, "port not accepting", lambda: _tcp_accepts(probe, lb_port), plan.ready_timeout_s)
+        stats_socket = workdir / "haproxy.sock"
+        await wait_ready(
+            lb,
+            "its runtime API shows no open frontend with a gateway UP",
+            lambda: haproxy_ready(stats_socket),
+            plan.ready_timeout_s,
+        )
 
     shown = _connect_host(plan.host)
     ports = [plan.lb_port] if lb else [gw.port for gw in plan.gateways]
@@ -762,7 +788,8 @@ async def run_cluster(plan: Plan, out: Output) -> int:
     status = 0
     with (
         tempfile.TemporaryDirectory(prefix="chat-cluster-") as tmp,
-        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        # SIGHUP too: a closed terminal must not orphan the children.
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals,
     ):
         async with trio.open_nursery() as nursery:
             requested = trio.Event()

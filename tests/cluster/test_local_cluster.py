@@ -71,6 +71,8 @@ def test_cluster_behind_haproxy_chats_and_stops_cleanly() -> None:
         assert ready["connect"] == [f"nc localhost {ports[0]}"]
         assert set(ready["pids"]) == {"redis", "gw1", "gw2", "gw3", "haproxy"}
         assert ready["redis"]["owned"] is True
+        # Readiness was asked of HAProxy's runtime API, not probed with a fake client.
+        assert not [r for r in proc.records() if r.get("event") == "client.connected"]
 
         with connect_client(ports[0]) as alice:
             welcome = alice.login("alice")
@@ -142,7 +144,7 @@ def test_console_format_prefixes_lines() -> None:
     with Proc("cluster", argv, cluster_env()) as proc:
         proc.wait_for_line(lambda line: "connect:   nc localhost" in line, 60, "the banner")
         wait_until(lambda: any(line.startswith("gw1     |") for line in proc.lines), 10, "gw1 lines")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGHUP)  # the terminal closed
         assert proc.wait(timeout_s=30) == 0
         proc.close()
         assert any(line.startswith("cluster |") and "cluster.stopped" in line for line in proc.lines)
