@@ -8,8 +8,8 @@ Room publications travel as ``b"<epoch> <seq> <room> <json>"``.  The epoch chang
 when Redis loses its data (a restart), so sequence numbers restart from 1 under a
 new epoch instead of looking like duplicates.  The JSON envelope is
 ``{"k": kind, "n": nick, "x": text, "g": origin gateway, "t": unix time}``
-(``k`` is ``msg``, ``act``, ``join``, ``leave`` or ``nick``; for ``nick`` the
-new nickname is in ``x``).  The room is the channel's.  Node and broadcast
+(``k`` is ``msg``, ``act``, ``join``, ``leave``, ``enter``, ``part`` or
+``nick``; for ``nick`` the new nickname is in ``x``).  The room is the channel's.  Node and broadcast
 channels carry plain JSON objects with a ``t`` field (see
 :mod:`services.common.keys`).
 """
@@ -30,9 +30,23 @@ from services.common.redis import Arg, RedisClient, RedisReplyError, RedisUnavai
 REPLAY_WINDOW = 2000
 
 
+# An empty room's sequence counter and history are kept this long, then expire,
+# so rooms used once do not stay in Redis forever.  Joining removes the expiry.
+ROOM_RETENTION_S = 7 * 24 * 3600
+
+_ROOM_EMPTY_LUA = f"""
+local function room_emptied(prefix, room)
+  redis.call('SREM', prefix .. 'rooms', room)
+  redis.call('EXPIRE', prefix .. 'room:' .. room .. ':seq', {ROOM_RETENTION_S})
+  redis.call('EXPIRE', prefix .. 'room:' .. room .. ':history', {ROOM_RETENTION_S})
+end
+"""
+
+
 def _envelope_lua() -> str:
-    # Shared Lua helper: publish one envelope in a room with seq and history.
-    return """
+    # Shared Lua helpers: publish one envelope in a room with seq and history; mark
+    # a room empty.
+    return _ROOM_EMPTY_LUA + """
 local function epoch(prefix)
   local e = redis.call('GET', prefix .. 'epoch')
   if not e then
@@ -70,12 +84,13 @@ end
 return publish_room(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
 """
 
-# ARGV: prefix, folded nick, owner record, gateway id
+# ARGV: prefix, folded nick, owner record, gateway id.
+# Returns 2 when newly claimed, 1 when already ours, 0 when someone else has it.
 CLAIM_LUA = """
 local nicks = ARGV[1] .. 'nicks'
 if redis.call('HSETNX', nicks, ARGV[2], ARGV[3]) == 1 then
   redis.call('SADD', ARGV[1] .. 'gw:' .. ARGV[4] .. ':nicks', ARGV[2])
-  return 1
+  return 2
 end
 if redis.call('HGET', nicks, ARGV[2]) == ARGV[3] then
   redis.call('SADD', ARGV[1] .. 'gw:' .. ARGV[4] .. ':nicks', ARGV[2])
@@ -94,7 +109,7 @@ if redis.call('HGET', ARGV[1] .. 'nicks', ARGV[2]) == ARGV[3] then
   for _, room in ipairs(redis.call('SMEMBERS', rooms_key)) do
     local members = ARGV[1] .. 'room:' .. room .. ':members'
     redis.call('HDEL', members, ARGV[2])
-    if redis.call('HLEN', members) == 0 then redis.call('SREM', ARGV[1] .. 'rooms', room) end
+    if redis.call('HLEN', members) == 0 then room_emptied(ARGV[1], room) end
     publish_room(ARGV[1], room, ARGV[5], tonumber(ARGV[6]))
   end
   redis.call('DEL', rooms_key)
@@ -135,6 +150,8 @@ return 1
 
 # ARGV: prefix, room, folded nick, display nick
 JOIN_ROOM_LUA = """
+redis.call('PERSIST', ARGV[1] .. 'room:' .. ARGV[2] .. ':seq')
+redis.call('PERSIST', ARGV[1] .. 'room:' .. ARGV[2] .. ':history')
 redis.call('HSET', ARGV[1] .. 'room:' .. ARGV[2] .. ':members', ARGV[3], ARGV[4])
 redis.call('SADD', ARGV[1] .. 'rooms', ARGV[2])
 redis.call('SADD', ARGV[1] .. 'nick:' .. ARGV[3] .. ':rooms', ARGV[2])
@@ -142,10 +159,10 @@ return 1
 """
 
 # ARGV: prefix, room, folded nick
-LEAVE_ROOM_LUA = """
+LEAVE_ROOM_LUA = _ROOM_EMPTY_LUA + """
 local members = ARGV[1] .. 'room:' .. ARGV[2] .. ':members'
 local removed = redis.call('HDEL', members, ARGV[3])
-if redis.call('HLEN', members) == 0 then redis.call('SREM', ARGV[1] .. 'rooms', ARGV[2]) end
+if redis.call('HLEN', members) == 0 then room_emptied(ARGV[1], ARGV[2]) end
 redis.call('SREM', ARGV[1] .. 'nick:' .. ARGV[3] .. ':rooms', ARGV[2])
 return removed
 """
@@ -170,7 +187,7 @@ for _, folded in ipairs(redis.call('SMEMBERS', gwn)) do
     for _, room in ipairs(redis.call('SMEMBERS', rooms_key)) do
       local members = p .. 'room:' .. room .. ':members'
       redis.call('HDEL', members, folded)
-      if redis.call('HLEN', members) == 0 then redis.call('SREM', p .. 'rooms', room) end
+      if redis.call('HLEN', members) == 0 then room_emptied(p, room) end
       local body = cjson.encode({k = 'leave', n = display, x = 'gateway lost', g = gw,
                                  t = tonumber(ARGV[4])})
       publish_room(p, room, body, keep)
@@ -257,12 +274,23 @@ class Bus:
         self.redis = redis
         self.keys = keys
         self.gateway_id = gateway_id
+        self.clock_offset_s = 0.0  # Redis's clock minus ours (see sync_clock)
+
+    async def sync_clock(self) -> float:
+        """Measure Redis's clock against ours, so deadlines checked inside Redis
+        hold even when the two hosts' clocks differ."""
+        before = time.time()
+        seconds, micros = await self.redis.execute("TIME")
+        after = time.time()
+        self.clock_offset_s = int(seconds) + int(micros) / 1e6 - (before + after) / 2
+        return self.clock_offset_s
 
     # -- nicknames ----------------------------------------------------------------
-    async def claim_nick(self, folded: str, nick: str) -> bool:
-        """Claim ``nick`` for this gateway; ``False`` when someone else holds it."""
+    async def claim_nick(self, folded: str, nick: str) -> int:
+        """Claim ``nick`` for this gateway: 2 newly claimed, 1 already ours, 0 when
+        someone else holds it."""
         record = owner_record(self.gateway_id, nick)
-        return bool(
+        return int(
             await self._claim(self.redis, self.keys.prefix, folded, record, self.gateway_id)
         )
 
@@ -324,7 +352,8 @@ class Bus:
         drops the command if it arrives later, so "not sent" stays true.
         """
         body = encode_body(kind, nick, text, self.gateway_id)
-        deadline_ms = int((time.time() + self.redis.timeout_s) * 1000)
+        # The deadline is on Redis's clock: our clock plus the offset measured at connect.
+        deadline_ms = int((time.time() + self.clock_offset_s + self.redis.timeout_s) * 1000)
         seq = int(
             await self._publish(
                 self.redis, self.keys.prefix, room, body, REPLAY_WINDOW, deadline_ms
@@ -357,10 +386,13 @@ class Bus:
         return int(await self.redis.execute("PUBLISH", self.keys.node_channel(gateway_id), data))
 
     # -- gateway lease --------------------------------------------------------------
-    async def heartbeat(self, ttl_s: float, info: dict[str, str | int]) -> None:
+    async def heartbeat(self, ttl_s: float, info: dict[str, str | int]) -> bool:
+        """Renew this gateway's lease.  ``False`` when the lease had lapsed (or Redis
+        lost it): other gateways may have released our users meanwhile.
+        Raises :class:`RedisError`, error replies included."""
         now = time.time()
         commands: list[tuple[Arg, ...]] = [
-            ("SET", self.keys.gateway_alive(self.gateway_id), "1", "PX", int(ttl_s * 1000)),
+            ("SET", self.keys.gateway_alive(self.gateway_id), "1", "PX", int(ttl_s * 1000), "GET"),
             ("ZADD", self.keys.gateways, now, self.gateway_id),
         ]
         if info:
@@ -368,7 +400,9 @@ class Bus:
             for k, v in info.items():
                 flat += [k, v]
             commands.append(("HSET", self.keys.gateway_info(self.gateway_id), *flat))
-        await self.redis.pipeline(commands)
+        replies = await self.redis.pipeline(commands)
+        _raise_first_error(replies)
+        return replies[0] is not None
 
     async def dead_gateways(self) -> list[str]:
         """Gateways listed in the registry whose lease key is gone."""
@@ -389,7 +423,7 @@ class Bus:
 
     async def retire(self) -> None:
         """Remove this gateway from the registry (after its users were released)."""
-        await self.redis.pipeline(
+        replies = await self.redis.pipeline(
             [
                 ("ZREM", self.keys.gateways, self.gateway_id),
                 ("DEL", self.keys.gateway_alive(self.gateway_id),
@@ -397,3 +431,10 @@ class Bus:
                  self.keys.gateway_nicks(self.gateway_id)),
             ]
         )
+        _raise_first_error(replies)
+
+
+def _raise_first_error(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, RedisReplyError):
+            raise reply

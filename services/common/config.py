@@ -296,13 +296,17 @@ class Settings:
     def __post_init__(self) -> None:
         if self.gateway_id is None:
             object.__setattr__(self, "gateway_id", _default_gateway_id())
-        if not math.isinf(self.heartbeat_ttl_s) and self.heartbeat_ttl_s <= self.heartbeat_interval_s:
+        if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise ConfigError(
                 "heartbeat_ttl_s must be longer than heartbeat_interval_s "
                 f"({self.heartbeat_ttl_s} <= {self.heartbeat_interval_s})"
             )
-        if self.redis_timeout_s <= 0 or self.heartbeat_interval_s <= 0:
-            raise ConfigError("redis_timeout_s and heartbeat_interval_s must be positive")
+        for name in ("redis_timeout_s", "heartbeat_interval_s", "heartbeat_ttl_s", "drain_timeout_s"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:
+                raise ConfigError(
+                    f"{env_name(name)} must be a positive, finite number of seconds, got {value}"
+                )
         if self.flood_rate <= 0:
             raise ConfigError("flood_rate must be positive")
 

@@ -62,7 +62,9 @@ def _pack(args: Iterable[Arg]) -> bytes:
 
 
 class Backoff:
-    """Capped exponential backoff with full jitter; :meth:`reset` after a success."""
+    """Capped exponential backoff with jitter: each delay is drawn between half the
+    ceiling and the ceiling, which doubles per attempt up to ``cap_s``.
+    :meth:`reset` after a success."""
 
     def __init__(self, base_s: float = 0.1, cap_s: float = 5.0) -> None:
         self.base_s = base_s

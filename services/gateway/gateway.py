@@ -31,7 +31,7 @@ from services.common.config import Settings
 from services.common.http import serve_http
 from services.common.keys import Keys
 from services.common.metrics import Metrics
-from services.common.redis import RedisClient, RedisError, RedisUnavailable, Subscriber
+from services.common.redis import Backoff, RedisClient, RedisError, RedisUnavailable, Subscriber
 from services.gateway import protocol as p
 from services.gateway.commands import Commands
 from services.gateway.proxy_protocol import ProxyProtocolError, is_trusted, read_proxy_header
@@ -124,9 +124,16 @@ class Gateway:
             return False, "redis command connection down"
         if not self.subscriber.connected:
             return False, "redis subscriber down"
-        if trio.current_time() - self.last_canary > self.settings.canary_timeout_s:
+        if not self.canary_fresh():
             return False, "subscriber canary not seen recently"
         return True, "ready"
+
+    def canary_fresh(self) -> bool:
+        """Whether the subscriber loop proved itself recently (always, if the canary
+        is switched off)."""
+        if math.isinf(self.settings.canary_interval_s):
+            return self.subscriber.connected
+        return trio.current_time() - self.last_canary <= self.settings.canary_timeout_s
 
     # -- serving --------------------------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
@@ -231,12 +238,32 @@ class Gateway:
         try:
             if not await self.bus.claim_nick(folded, nick):
                 return False
+        except RedisUnavailable:
+            # The claim may still reach Redis after we gave up on it: release it
+            # later unless this gateway meanwhile gave the name to someone.
+            self._nursery_start(self._release_orphan, folded, nick)
+            raise
         finally:
             self.claiming.discard(folded)
         session.nick, session.folded = nick, folded
         self.by_nick[folded] = session
         self.metrics.joins_total.inc()
         return True
+
+    def _nursery_start(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
+    async def _release_orphan(self, folded: str, nick: str) -> None:
+        for _ in range(10):
+            await trio.sleep(self.settings.redis_timeout_s)
+            if folded in self.by_nick or folded in self.claiming:
+                return
+            try:
+                await self.bus.release_nick(folded, nick)
+                return
+            except RedisError:
+                continue
 
     async def join_room(self, session: Session, name: str, *, kind: str = "join") -> None:
         """Make ``session`` a member of room ``name`` here and in Redis, replay the
@@ -266,7 +293,11 @@ class Gateway:
         for pub in buffered:
             if pub.seq > last_seen:
                 session.deliver(self._format(room.name, pub))
-        await self.bus.publish(name, kind, session.nick)
+        try:
+            await self.bus.publish(name, kind, session.nick)
+        except RedisError as exc:
+            # The membership stands; only the announcement was lost.
+            session.log.warning("room.join_unannounced", room=name, error=str(exc))
 
     def _replay_history(self, session: Session, room: LocalRoom, history: list[bytes]) -> int:
         chat: list[Publication] = []
@@ -343,7 +374,7 @@ class Gateway:
         del self.by_nick[session.folded]
         session.nick, session.folded = new, new_folded
         self.by_nick[new_folded] = session
-        structlog.contextvars.bind_contextvars(nick=new)
+        session.rebind()
         for name in session.rooms:
             await self.bus.publish(name, "nick", old, new)
         return 1
@@ -480,6 +511,7 @@ class Gateway:
         kind = msg.get("t")
         if kind == "canary":
             self.last_canary = trio.current_time()
+            self.metrics.subscriber_up.set(1)
         elif kind == "kick":
             session = self.by_nick.get(p.fold_nick(str(msg.get("nick", ""))))
             if session is not None:
@@ -527,7 +559,8 @@ class Gateway:
     # -- Redis state ------------------------------------------------------------------------
     def _on_redis_state(self, connected: bool) -> None:
         self.metrics.redis_up.set(1 if self.redis.connected else 0)
-        self.metrics.subscriber_up.set(1 if self.subscriber.connected else 0)
+        if not self.subscriber.connected:
+            self.metrics.subscriber_up.set(0)
         self._state_changed.set()
 
     async def _watch_redis_state(self) -> None:
@@ -541,7 +574,7 @@ class Gateway:
             now = self.redis.connected and self.subscriber.connected
             if now == was_available:
                 if now:
-                    await self._reassert()
+                    await self._reassert_until_done()
                 continue
             if not now:
                 self.available = False
@@ -550,7 +583,8 @@ class Gateway:
                     p.info("chat interrupted: lost the connection to Redis; reconnecting...")
                 )
             else:
-                await self._reassert()
+                if not await self._reassert_until_done():
+                    continue  # lost Redis again meanwhile; the next state change decides
                 self.available = True
                 if ever:
                     log.info("chat.restored")
@@ -558,29 +592,46 @@ class Gateway:
             was_available = now
             ever = ever or now
 
-    async def _reassert(self) -> None:
-        """After a reconnect Redis may be empty: claim every live nickname again,
-        rejoin rooms, release what Redis still holds for sessions that are gone."""
+    async def _reassert_until_done(self) -> bool:
+        """Re-assert, retrying while Redis stays connected; ``False`` if it went away."""
+        backoff = Backoff(base_s=0.2, cap_s=2.0)
+        while self.redis.connected:
+            if await self._reassert():
+                return True
+            await trio.sleep(backoff.next_delay())
+        return False
+
+    async def _reassert(self, *, announce: bool = False) -> bool:
+        """After a reconnect Redis may be empty, and after a lapsed lease other
+        gateways may have released our users: claim every live nickname again,
+        rejoin rooms, release what Redis still holds for sessions that are gone.
+        With ``announce``, users whose nickname had been released are announced
+        as joining again (the others were told they left)."""
         if not self.redis.connected:
-            return
+            return False
         try:
+            await self.bus.sync_clock()
             await self._heartbeat()
             held = await self.bus.owned_nicks()
-            for folded in held - set(self.by_nick):
+            for folded in held - set(self.by_nick) - self.claiming:
                 owner = await self.bus.nick_owner(folded)
                 if owner is not None and owner[0] == self.gateway_id:
                     await self.bus.release_nick(folded, owner[1], "connection lost")
             for folded, session in list(self.by_nick.items()):
                 assert session.nick is not None
-                if not await self.bus.claim_nick(folded, session.nick):
+                claimed = await self.bus.claim_nick(folded, session.nick)
+                if not claimed:
                     await self._resolve_conflict(session)
                     continue
                 for name in session.rooms:
                     await self.bus.join_room(name, folded, session.nick)
+                    if announce and claimed == 2:
+                        await self.bus.publish(name, "join", session.nick)
         except RedisError as exc:
             log.warning("redis.reassert_failed", error=str(exc))
-            return
+            return False
         log.info("redis.reasserted", nicks=len(self.by_nick))
+        return True
 
     async def _resolve_conflict(self, session: Session) -> None:
         """Another gateway re-asserted this nickname first: that one keeps it (first
@@ -596,6 +647,7 @@ class Gateway:
                 continue
             if await self.bus.claim_nick(folded, new):
                 session.nick, session.folded = new, folded
+                session.rebind()
                 self.by_nick[folded] = session
                 for name in session.rooms:
                     await self.bus.join_room(name, folded, new)
@@ -609,8 +661,8 @@ class Gateway:
         session.disconnect(f'nickname "{old}" lost while chat was interrupted')
 
     # -- cluster duties ------------------------------------------------------------------
-    async def _heartbeat(self) -> None:
-        await self.bus.heartbeat(
+    async def _heartbeat(self) -> bool:
+        return await self.bus.heartbeat(
             self.settings.heartbeat_ttl_s,
             {
                 "clients": len(self.sessions),
@@ -623,10 +675,18 @@ class Gateway:
     started_at = time.time()
 
     async def _heartbeat_loop(self) -> None:
+        last_renewed = -math.inf
         while True:
             if self.redis.connected:
                 try:
-                    await self._heartbeat()
+                    held = await self._heartbeat()
+                    if not held and self.redis.connected_at < last_renewed:
+                        # Same connection, yet our lease had lapsed (this process was
+                        # paused, or Redis was too slow): the others may have released
+                        # our users. Claim them back and tell the rooms.
+                        log.warning("gateway.lease_lost", clients=len(self.by_nick))
+                        await self._reassert(announce=True)
+                    last_renewed = trio.current_time()
                     # Right after (re)connecting, our view of the leases is not to be
                     # trusted: after a Redis stall every lease looks expired until its
                     # owner has had a chance to renew it.
@@ -635,7 +695,8 @@ class Gateway:
                         continue
                     for dead in await self.bus.dead_gateways():
                         released = await self.bus.reap(dead)
-                        log.warning("gateway.reaped", dead_gateway=dead, released=len(released))
+                        if released:
+                            log.warning("gateway.reaped", dead_gateway=dead, released=len(released))
                 except RedisError as exc:
                     log.warning("heartbeat.failed", error=str(exc))
             await trio.sleep(self.settings.heartbeat_interval_s)
@@ -648,6 +709,7 @@ class Gateway:
             return
         while True:
             await trio.sleep(interval)
+            self.metrics.subscriber_up.set(1 if self.canary_fresh() else 0)
             if not (self.redis.connected and self.subscriber.connected):
                 continue
             try:

@@ -75,6 +75,7 @@ class Session:
         self.flood = TokenBucket(self.settings.flood_burst, self.settings.flood_rate)
         self.framer = p.LineFramer(self.settings.max_line_bytes)
         self.log = log
+        self._task: trio.lowlevel.Task | None = None
 
     # -- called by fan-out and by the gateway (synchronous, never blocks) ----------
     def deliver(self, data: bytes) -> None:
@@ -86,6 +87,19 @@ class Session:
             self.close_reason = reason
         self.scope.cancel()
 
+    def rebind(self) -> None:
+        """Bind ``conn``, ``peer`` and ``nick`` to this session's logger, and to the
+        connection task's context when called from it: events logged from other
+        tasks (fan-out, kicks) use ``self.log`` and carry them too."""
+        context: dict[str, str] = {"conn": self.conn_id, "peer": self.peer}
+        if self.nick is not None:
+            context["nick"] = self.nick
+        self.log = log.bind(**context)
+        if trio.lowlevel.current_task() is self._task:
+            if self.nick is None:
+                structlog.contextvars.unbind_contextvars("nick")
+            structlog.contextvars.bind_contextvars(**context)
+
     def _overflowed(self) -> None:
         self.gateway.metrics_slow_consumer()
         self.log.warning(
@@ -96,8 +110,8 @@ class Session:
 
     # -- the connection task --------------------------------------------------------
     async def run(self, leftover: bytes = b"") -> None:
-        structlog.contextvars.bind_contextvars(conn=self.conn_id, peer=self.peer)
-        self.log = log.bind()
+        self._task = trio.lowlevel.current_task()
+        self.rebind()
         self.log.info("client.connected")
         ended_by = "closed"
         try:
@@ -132,7 +146,7 @@ class Session:
             self.deliver(UNAVAILABLE)
         self.deliver(p.NICK_PROMPT)
         pending = self.framer.feed(leftover) if leftover else []
-        deadline_s = self.settings.nick_timeout_s
+        nick_deadline = trio.current_time() + self.settings.nick_timeout_s
         while True:
             for event in pending:
                 if isinstance(event, p.BadLine):
@@ -143,8 +157,12 @@ class Session:
                         await self.gateway.wait_delivered(*self.last_published, timeout_s=1.0)
                     self.deliver(p.info("bye"))
                     return "quit"
-            timeout = self.settings.idle_timeout_s if self.nick else deadline_s
-            with trio.move_on_after(timeout) as idle:
+            if self.nick:
+                timeout = self.settings.idle_timeout_s
+                deadline = trio.current_time() + timeout
+            else:
+                timeout, deadline = self.settings.nick_timeout_s, nick_deadline
+            with trio.move_on_at(deadline) as idle:
                 try:
                     data = await self.stream.receive_some(RECEIVE_BYTES)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -225,16 +243,24 @@ class Session:
             self.deliver(p.error(f'nickname "{nick}" is taken, choose another'))
             self.deliver(p.NICK_PROMPT)
             return None
-        structlog.contextvars.bind_contextvars(nick=nick)
-        self.log = log.bind()
+        self.rebind()
         self.log.info("client.joined")
         room = self.settings.default_room
         self.deliver(p.info(f"welcome, {nick}! You are in {room}. Type /help for commands."))
         try:
             await self.gateway.join_room(self, room)
         except RedisError as exc:
+            # Half a login is worse than none: give the nickname back and ask again.
             self.log.warning("room.join_failed", room=room, error=str(exc))
+            with trio.move_on_after(self.settings.redis_timeout_s):
+                try:
+                    await self.gateway.forget(self)
+                except RedisError:
+                    pass  # re-assertion or the lease reaper releases it later
+            self.nick = self.folded = None
+            self.rebind()
             self.deliver(UNAVAILABLE)
+            self.deliver(p.NICK_PROMPT)
         return None
 
     async def _finish(self, ended_by: str) -> None:

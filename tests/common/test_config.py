@@ -70,6 +70,9 @@ def test_redis_url_with_user_and_password() -> None:
         ({"CHAT_DEFAULT_ROOM": "lobby"}, "CHAT_DEFAULT_ROOM"),
         ({"CHAT_HEARTBEAT_TTL_S": "1", "CHAT_HEARTBEAT_INTERVAL_S": "2"}, "heartbeat"),
         ({"CHAT_TRUSTED_PROXIES": "10.0.0.0/33"}, "CHAT_TRUSTED_PROXIES"),
+        ({"CHAT_HEARTBEAT_TTL_S": "inf"}, "CHAT_HEARTBEAT_TTL_S"),
+        ({"CHAT_REDIS_TIMEOUT_S": "off"}, "CHAT_REDIS_TIMEOUT_S"),
+        ({"CHAT_DRAIN_TIMEOUT_S": "inf"}, "CHAT_DRAIN_TIMEOUT_S"),
     ],
 )
 def test_invalid_values_raise_one_line_errors(env: dict[str, str], needle: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import redis
+import trio
 
 from tests.conftest import StartGateway, wait_until, wait_until_sync
 from tests.support.chat_client import ChatClient
@@ -43,3 +44,17 @@ async def test_nick_timeout_disconnects_clients_that_never_choose(
     lines = await silent.read_until_closed(timeout=10)
     assert lines[-1] == "!! disconnected: no nickname chosen in 0.5s"
     await wait_until(lambda: not gw.sessions)
+
+
+async def test_nick_timeout_is_not_reset_by_rejected_attempts(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(nick_timeout_s=1.0)
+    pest = await ChatClient.connect(gw.ports[0])
+    with trio.fail_after(10):
+        while not pest.closed:
+            try:
+                await pest.send("9invalid")
+                await pest.expect(r"^(!! |\?\? )", timeout=0.5)
+            except (trio.BrokenResourceError, trio.TooSlowError, EOFError):
+                break
+    lines = await pest.read_until_closed(timeout=10)
+    assert lines[-1] == "!! disconnected: no nickname chosen in 1s"
