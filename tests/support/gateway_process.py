@@ -40,7 +40,7 @@ class GatewayProcess:
         self.log_path = Path(path)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 15.0) -> GatewayProcess:
+    def start(self, timeout: float = 15.0, *, wait_ready: bool = True) -> GatewayProcess:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "services.gateway"],
@@ -50,6 +50,10 @@ class GatewayProcess:
                 stderr=subprocess.STDOUT,
             )
         self.wait_for_event("gateway.started", timeout)
+        if wait_ready:
+            # Listening is not enough: a client arriving before the first Redis
+            # connection would (correctly) be told chat is unavailable.
+            self.wait_for_event("redis.reasserted", timeout)
         return self
 
     def log_lines(self) -> list[str]:
