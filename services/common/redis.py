@@ -367,7 +367,9 @@ class Subscriber:
     """The pub/sub connection: wanted channels survive reconnects.
 
     ``on_message(channel, data)`` is called synchronously from the reader for
-    every message; it must not block.  Start :meth:`run` with ``nursery.start``.
+    every message; it must not block.  ``on_batch_end()`` follows each read's
+    messages, so consumers can act once per batch (one write per client).
+    Start :meth:`run` with ``nursery.start``.
     """
 
     def __init__(
@@ -379,10 +381,12 @@ class Subscriber:
         name: str = "chat-sub",
         on_state: StateCallback | None = None,
         on_reconnect: Callable[[], None] | None = None,
+        on_batch_end: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
     ) -> None:
         self.url = url
         self.on_message = on_message
+        self.on_batch_end = on_batch_end
         self.timeout_s = timeout_s
         self.name = name
         self.on_state = on_state
@@ -539,3 +543,5 @@ class Subscriber:
                         waiters.popleft().set()
                         if not waiters:
                             del self._waiters[reply[1]]
+            if self.on_batch_end is not None:
+                self.on_batch_end()

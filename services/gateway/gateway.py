@@ -80,6 +80,7 @@ class Gateway:
         self.subscriber = Subscriber(
             settings.redis_url,
             self._on_message,
+            on_batch_end=self._flush_batch,
             timeout_s=settings.redis_timeout_s,
             name=f"chat:{self.gateway_id}:sub",
             on_state=self._on_redis_state,
@@ -88,6 +89,7 @@ class Gateway:
         self.bus = Bus(self.redis, self.keys, self.gateway_id)
         self.commands = Commands(self)
         self.sessions: set[Session] = set()
+        self.dirty: list[Session] = []  # sessions with fan-out bytes queued in this batch
         self.by_nick: dict[str, Session] = {}
         self.claiming: set[str] = set()
         self.rooms: dict[str, LocalRoom] = {}
@@ -412,6 +414,12 @@ class Gateway:
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             log.error("bus.malformed", channel=channel.decode(errors="replace"), error=str(exc))
 
+    def _flush_batch(self) -> None:
+        """End of one read from Redis: write each touched client's bytes in one go."""
+        dirty, self.dirty = self.dirty, []
+        for session in dirty:
+            session.flush()
+
     def _accept_publication(self, room: LocalRoom, pub: Publication) -> None:
         if room.filling:
             room.backlog.append(pub)
@@ -438,7 +446,7 @@ class Gateway:
             self.metrics.observe_subscriber_lag(time.time() - pub.time)
         line = self._format(room.name, pub)
         for session in room.members:
-            session.deliver(line)
+            session.deliver_batched(line)
         for buffer in room.joining.values():
             buffer.append(pub)
         if room.progress is not None:
@@ -480,9 +488,11 @@ class Gateway:
             log.error("gap.unrecoverable", room=room.name, missing=missing)
             for session in room.members:
                 session.deliver(p.error(f"{missing} messages in {room.name} could not be recovered"))
+        self._flush_batch()
         log.info("gap.filled", room=room.name, delivered=recovered, missing=missing)
         for pub in other_epoch:
             self._accept_publication(room, pub)
+        self._flush_batch()
 
     def _format(self, room: str, pub: Publication, *, history: bool = False) -> bytes:
         kind = pub.kind

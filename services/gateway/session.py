@@ -74,12 +74,26 @@ class Session:
         self.last_published: tuple[str, int] | None = None
         self.flood = TokenBucket(self.settings.flood_burst, self.settings.flood_rate)
         self.framer = p.LineFramer(self.settings.max_line_bytes)
+        self.dirty = False  # queued by the current fan-out batch, not yet flushed
+        self.fd = _fileno(stream)
         self.log = log
         self._task: trio.lowlevel.Task | None = None
 
     # -- called by fan-out and by the gateway (synchronous, never blocks) ----------
     def deliver(self, data: bytes) -> None:
+        """Queue ``data`` for the client and wake its writer.  Never blocks."""
         self.outbox.put(data)
+
+    def deliver_batched(self, data: bytes) -> None:
+        """Queue ``data`` as part of a fan-out batch; :meth:`flush` ends the batch."""
+        if self.outbox.queue(data) and not self.dirty:
+            self.dirty = True
+            self.gateway.dirty.append(self)
+
+    def flush(self) -> None:
+        """Write what the batch queued straight to the socket (no task switch)."""
+        self.dirty = False
+        self.outbox.flush_now(self.fd)
 
     def disconnect(self, reason: str) -> None:
         """End this session; the client is told ``reason`` before the close."""
@@ -135,7 +149,9 @@ class Session:
             await outbox.wait()
             data = outbox.take()
             if data:
+                outbox.writer_busy = True
                 await stream.send_all(data)
+                outbox.writer_busy = False
             elif outbox.finishing:
                 return
 
@@ -293,3 +309,9 @@ class Session:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         await trio.aclose_forcefully(self.stream)
+
+
+def _fileno(stream: trio.abc.Stream) -> int:
+    """The socket's descriptor, for direct non-blocking writes (-1 if none)."""
+    socket = getattr(stream, "socket", None)
+    return socket.fileno() if socket is not None else -1
