@@ -32,7 +32,7 @@ def test_queued_messages_leave_in_one_write_without_the_writer(pair) -> None:  #
 
 
 def test_what_the_socket_cannot_take_is_left_for_the_writer(pair) -> None:  # type: ignore[no-untyped-def]
-    a, b = pair
+    a, _b = pair
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     outbox = Outbox(10**7, lambda: None)
     outbox.queue(b"x" * 2_000_000)
