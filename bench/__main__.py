@@ -48,11 +48,20 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=int, help="load-generator processes")
     p.add_argument("--payload", type=int, dest="payload_bytes", help="message text bytes")
+    p.add_argument("--inflight", type=int, help="handshakes in progress per load-generator worker")
+    p.add_argument("--connect-timeout", type=float, dest="connect_timeout_s", help="seconds to connect all")
     p.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy every gateway during the window; collapsed stacks to DIR",
+    )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("clients", "gateways", "senders", "rate", "duration_s", "drain_s", "workers", "payload_bytes")
+    keys += ("inflight", "connect_timeout_s")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -78,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _log(f"== scenario {name}: {scn}")
         results: dict[str, Any] = {}
         for system in args.systems:
-            results[system] = run_system(system, scn, _log, args.keep_logs)
+            results[system] = run_system(system, scn, _log, args.keep_logs, args.profile)
         everything["scenarios"][name] = results
         print()
         print(f"### {name}: {scn.description}")
@@ -101,7 +110,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for system in args.systems:
             scn = base.with_overrides(rate=rate)
             _log(f"== sweep {system} at {rate:g} msgs/s")
-            r = run_system(system, scn, _log, args.keep_logs)
+            r = run_system(system, scn, _log, args.keep_logs, args.profile)
             runs[system].append(r)
             m = r["measure"]
             points[system].append(

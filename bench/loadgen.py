@@ -94,14 +94,15 @@ class WorkerSpec:
 class WindowSpec:
     """One measurement window, the same for every worker.
 
+    The start time ``t0`` (``CLOCK_MONOTONIC`` ns) is given once every worker
+    has armed the window, so no worker can miss the first lines.
     ``duration_s == 0`` means a broadcast: each sender sends exactly one message
-    at ``t0_ns`` (``CLOCK_MONOTONIC``).  Otherwise message ``k`` of the window is
-    sent at ``t0 + k / rate`` by sender ``senders[k % S]``, while that is before the
-    end: the total rate is ``rate`` and the senders take turns evenly.
+    at ``t0``.  Otherwise message ``k`` of the window is sent at ``t0 + k / rate``
+    by sender ``senders[k % S]``, while that is before the end: the total rate is
+    ``rate`` and the senders take turns evenly.
     """
 
     token: str
-    t0_ns: int
     duration_s: float
     rate: float
     senders: tuple[int, ...]
@@ -117,19 +118,19 @@ def is_verified(index: int, fraction: float) -> bool:
     return ((index * 2654435761) & 0xFFFFFFFF) < fraction * 0x100000000
 
 
-def schedule(spec: WindowSpec) -> list[tuple[int, int]]:
+def schedule(spec: WindowSpec, t0_ns: int) -> list[tuple[int, int]]:
     """``(send time ns, sender rank)`` of every message of the window, in time order."""
     n = len(spec.senders)
     if n == 0:
         return []
     if spec.duration_s <= 0:
-        return [(spec.t0_ns, r) for r in range(n)]
+        return [(t0_ns, r) for r in range(n)]
     out: list[tuple[int, int]] = []
-    end = spec.t0_ns + int(spec.duration_s * 1e9)
+    end = t0_ns + int(spec.duration_s * 1e9)
     step = 1e9 / spec.rate
     k = 0
     while True:
-        t = spec.t0_ns + int(k * step)
+        t = t0_ns + int(k * step)
         if t >= end:
             break
         out.append((t, k % n))
@@ -196,9 +197,10 @@ class _Window:
 
     def __init__(self, spec: WindowSpec, mine: set[int]) -> None:
         self.spec = spec
+        self.mine = mine
         self.mark = spec.token.encode("ascii") + b" "
         self.pat = re.compile(re.escape(self.mark) + rb"(\d+)\.(\d+)\.(\d+)")
-        self.end_ns = spec.t0_ns + int(spec.duration_s * 1e9)
+        self.end_ns = _HUGE
         self.lat = array.array("q")  # per verified line: kernel receive time - send time, us
         self.read_delay = array.array("q")  # per verified read: our recv time - kernel time, us
         self.last_rx_ns = 0
@@ -206,10 +208,8 @@ class _Window:
         self.sent: dict[int, int] = dict.fromkeys(mine, 0)
         self.send_lag_max_us = 0
         self.n_done = 0
-        self.phase = "send"
-        # Pending sends, latest first, so pop() takes the next one.
-        self.queue = [(t, r) for t, r in schedule(spec) if spec.senders[r] in mine]
-        self.queue.reverse()
+        self.phase = "armed"
+        self.queue: list[tuple[int, int]] = []
         self.cpu0 = _cpu_self()
         self.alive = 0
         self.deadline_ns = 0
@@ -262,6 +262,7 @@ class Worker:
         self.inflight = 0
         self.n_ready = 0
         self.n_failed = 0
+        self.n_retries = 0
         self.connect_deadline_ns = 0
         self.connecting = False
         self.connect_cpu0 = 0.0
@@ -345,6 +346,8 @@ class Worker:
             self._begin_connect(msg[1])
         elif kind == "window":
             self._begin_window(msg[1])
+        elif kind == "go":
+            self._go(msg[1])
         elif kind == "expect":
             self._begin_drain(msg[1])
         else:
@@ -496,6 +499,9 @@ class Worker:
             except HandshakeError as exc:
                 self._fail(c, str(exc))
                 return
+            if step.retry:
+                self.n_retries += 1
+                self._record_error(f"{c.nick}: retried after: {line.decode('utf-8', 'replace')}")
             if step.send:
                 self._send(c, step.send)
             if step.ready:
@@ -527,6 +533,7 @@ class Worker:
                 {
                     "ready": self.n_ready,
                     "failed": self.n_failed,
+                    "retries": self.n_retries,
                     "errors": self.errors[:],
                     "n_errors": self.n_errors,
                     "cpu_s": _cpu_self() - self.connect_cpu0,
@@ -676,6 +683,18 @@ class Worker:
         self.errors = []
         self.n_errors = 0
         self.win = w
+        self._reply("armed", None)
+
+    def _go(self, t0_ns: int) -> None:
+        w = self.win
+        assert w is not None and w.phase == "armed"
+        spec = w.spec
+        w.end_ns = t0_ns + int(spec.duration_s * 1e9)
+        # Pending sends, latest first, so pop() takes the next one.
+        w.queue = [(t, r) for t, r in schedule(spec, t0_ns) if spec.senders[r] in w.mine]
+        w.queue.reverse()
+        w.phase = "send"
+        self._tick()
 
     def _send_due(self) -> None:
         w = self.win
@@ -862,6 +881,7 @@ class LoadGen:
         self.bulk_interval_s = bulk_interval_s
         self.procs: list[subprocess.Popen[bytes]] = []
         self.conns: list[Connection] = []
+        self.t0_ns = 0
         self.echo = dialect_for(dialect).echo
 
     def __enter__(self) -> LoadGen:
@@ -928,8 +948,8 @@ class LoadGen:
         for conn in self.conns:
             conn.send(msg)
 
-    def _gather(self, kind: str, timeout_s: float) -> list[dict[str, Any]]:
-        replies: dict[int, dict[str, Any]] = {}
+    def _gather(self, kind: str, timeout_s: float) -> list[Any]:
+        replies: dict[int, Any] = {}
         deadline = time.monotonic() + timeout_s
         index = {id(c): i for i, c in enumerate(self.conns)}
         while len(replies) < len(self.conns):
@@ -958,14 +978,20 @@ class LoadGen:
         return {
             "ready": sum(r["ready"] for r in replies),
             "failed": sum(r["failed"] for r in replies),
+            "retries": sum(r["retries"] for r in replies),
             "n_errors": sum(r["n_errors"] for r in replies),
             "errors": [e for r in replies for e in r["errors"]][:_MAX_RECORDED_ERRORS],
             "loadgen_cpu_s": sum(r["cpu_s"] for r in replies),
         }
 
-    def begin_window(self, spec: WindowSpec) -> None:
-        """Start a window on every worker (sending starts at ``spec.t0_ns``)."""
+    def begin_window(self, spec: WindowSpec, lead_s: float) -> int:
+        """Arm the window on every worker, then start it ``lead_s`` from now; returns ``t0``."""
         self._broadcast(("window", spec))
+        self._gather("armed", 60)
+        t0_ns = time.monotonic_ns() + int(lead_s * 1e9)
+        self._broadcast(("go", t0_ns))
+        self.t0_ns = t0_ns
+        return t0_ns
 
     def end_window(self, spec: WindowSpec) -> dict[str, Any]:
         """Wait for the senders, hand out the sent counts, wait for the drain; aggregate.
@@ -973,7 +999,7 @@ class LoadGen:
         Counts are deliveries (one message received by one client).  ``latency``
         and ``read_delay`` are summaries in milliseconds (see the module docstring).
         """
-        wait_s = max(0.0, (spec.t0_ns - time.monotonic_ns()) / 1e9) + spec.duration_s + 30
+        wait_s = max(0.0, (self.t0_ns - time.monotonic_ns()) / 1e9) + spec.duration_s + 30
         sent_replies = self._gather("sent", wait_s)
         sent: dict[int, int] = {}
         for r in sent_replies:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,8 +34,8 @@ def _token(kind: str) -> str:
 
 def _window(lg: LoadGen, cluster: Cluster, spec: WindowSpec, fanout: int, lead_s: float) -> dict[str, Any]:
     """Run one window; add rates and per-role CPU (from ``t0`` to the end of the drain)."""
-    lg.begin_window(spec)
-    time.sleep(max(0.0, lead_s))
+    t0_ns = lg.begin_window(spec, lead_s)
+    time.sleep(max(0.0, (t0_ns - time.monotonic_ns()) / 1e9))
     cpu0 = cluster.cpu()
     wall0 = time.monotonic()
     res = lg.end_window(spec)
@@ -76,8 +78,45 @@ def _window(lg: LoadGen, cluster: Cluster, spec: WindowSpec, fanout: int, lead_s
     return out
 
 
-def run_system(system: str, scn: Scenario, log: Log = print, keep_logs: bool = False) -> dict[str, Any]:
+def _start_profilers(cluster: Cluster, out_dir: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` (collapsed stacks) on every gateway process for ``seconds``."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for m in cluster.roles.get("gateway", []):
+        out = out_dir / f"{m.name}.collapsed.txt"
+        argv = [exe, "record", "--pid", str(m.pid), "--duration", str(math.ceil(seconds))]
+        argv += ["--rate", "250", "--nonblocking", "--format", "raw", "-o", str(out)]
+        procs.append(
+            subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
+    return procs
+
+
+def _stop_profilers(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def run_system(
+    system: str,
+    scn: Scenario,
+    log: Log = print,
+    keep_logs: bool = False,
+    profile_dir: Path | None = None,
+) -> dict[str, Any]:
     """Run ``scn`` against ``system`` (``ours`` or ``ngircd``); every server is stopped after.
+
+    With ``profile_dir``, every gateway is sampled by ``py-spy`` during the
+    measurement window (collapsed stacks written there; ``python -m bench.profile``
+    summarises them).
 
     Raises :class:`bench.servers.ServerError` or :class:`bench.loadgen.LoadGenError`
     when the run cannot be completed (a server died, a worker failed or hung).
@@ -95,13 +134,13 @@ def run_system(system: str, scn: Scenario, log: Log = print, keep_logs: bool = F
                 f"lifted to burst {burst}, {rate:g} lines/s per client"
             )
             cluster = start_ours(workdir, scn.gateways, per_gateway, burst, rate)
-            dialect, inflight = "chat", 64
+            dialect, inflight = "chat", scn.inflight or 64
             result["flood_control"] = {"burst": burst, "rate_per_s": rate}
         else:
             log(f"[{system}] starting ngircd (penalties off: MaxPenaltyTime = 0)")
             cluster = start_ngircd(workdir)
             # ngircd listens with a backlog of 10: more connects at once get SYNs dropped.
-            dialect, inflight = "irc", 4
+            dialect, inflight = "irc", scn.inflight or 4
         with cluster:
             result["servers"] = {"targets": [f"{h}:{p}" for h, p in cluster.targets]}
             result["servers"].update(cluster.settings)
@@ -119,11 +158,11 @@ def run_system(system: str, scn: Scenario, log: Log = print, keep_logs: bool = F
                     raise RuntimeError(f"no client connected: {conn['errors'][:3]}")
                 fanout = ready if lg.echo else ready - 1
                 first = tuple(range(min(len(cluster.targets), scn.clients)))
-                drain = max(30.0, scn.clients / 50)
+                drain = max(60.0, scn.clients / 20)
                 # 1. Wait out the join announcements (every join goes to every member).
                 t = time.monotonic()
-                settle = WindowSpec(_token("Bs"), time.monotonic_ns(), 0, 0, first, 0.0, drain)
-                s = _window(lg, cluster, settle, fanout, 0)
+                settle = WindowSpec(_token("Bs"), 0, 0, first, 0.0, drain)
+                s = _window(lg, cluster, settle, fanout, 0.05)
                 result["settle_s"] = round(time.monotonic() - t, 2)
                 if s["lost"]:
                     log(f"[{system}] settle broadcast: {s['lost']} deliveries missing")
@@ -138,8 +177,8 @@ def run_system(system: str, scn: Scenario, log: Log = print, keep_logs: bool = F
                     for role in rss1
                 }
                 # 3. One broadcast from one client to all, every delivery timed.
-                bc = WindowSpec(_token("Bb"), time.monotonic_ns() + 200_000_000, 0, 0, first[:1], 1.0, drain)
-                result["broadcast"] = _window(lg, cluster, bc, fanout, 0.2)
+                bc = WindowSpec(_token("Bb"), 0, 0, first[:1], 1.0, drain)
+                result["broadcast"] = _window(lg, cluster, bc, fanout, 0.1)
                 lat = result["broadcast"]["latency"]
                 log(
                     f"[{system}] broadcast to {ready}: p50 {lat['p50_ms']} ms, "
@@ -150,7 +189,6 @@ def run_system(system: str, scn: Scenario, log: Log = print, keep_logs: bool = F
                     senders = tuple(range(min(scn.senders, scn.clients)))
                     spec = WindowSpec(
                         token=_token("Bz"),
-                        t0_ns=time.monotonic_ns() + 500_000_000,
                         duration_s=scn.duration_s,
                         rate=scn.rate,
                         senders=senders,
@@ -162,7 +200,13 @@ def run_system(system: str, scn: Scenario, log: Log = print, keep_logs: bool = F
                         f"[{system}] measuring: {len(senders)} senders, {scn.rate:g} msgs/s, "
                         f"{scn.duration_s:g}s ({scn.rate * fanout:,.0f} deliveries/s offered)"
                     )
-                    m = _window(lg, cluster, spec, fanout, 0.5)
+                    profilers = []
+                    if profile_dir is not None:
+                        profilers = _start_profilers(cluster, profile_dir, scn.duration_s)
+                    try:
+                        m = _window(lg, cluster, spec, fanout, 0.3)
+                    finally:
+                        _stop_profilers(profilers, 30)
                     result["measure"] = m
                     log(
                         f"[{system}] achieved {m['achieved_deliveries_per_s']:,.0f} deliveries/s, "

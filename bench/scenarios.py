@@ -32,6 +32,7 @@ class Scenario:
     payload_bytes: int = 64
     connect_timeout_s: float = 600.0
     verify_budget: float = 15_000.0
+    inflight: int | None = None  # handshakes in progress per worker; None: per-system default
 
     def with_overrides(self, **changes: object) -> Scenario:
         """A copy with the given fields changed; ``None`` values are ignored."""

@@ -66,10 +66,10 @@ def test_against_ngircd() -> None:
 
 
 def test_schedule_interleaves_senders_at_the_total_rate() -> None:
-    spec = WindowSpec("Bz0", t0_ns=0, duration_s=1.0, rate=4, senders=(7, 8), verify_fraction=1, drain_s=1)
-    assert schedule(spec) == [(0, 0), (250_000_000, 1), (500_000_000, 0), (750_000_000, 1)]
-    broadcast = WindowSpec("Bb0", t0_ns=5, duration_s=0, rate=0, senders=(1, 2), verify_fraction=1, drain_s=1)
-    assert schedule(broadcast) == [(5, 0), (5, 1)]
+    spec = WindowSpec("Bz0", duration_s=1.0, rate=4, senders=(7, 8), verify_fraction=1, drain_s=1)
+    assert schedule(spec, 0) == [(0, 0), (250_000_000, 1), (500_000_000, 0), (750_000_000, 1)]
+    broadcast = WindowSpec("Bb0", duration_s=0, rate=0, senders=(1, 2), verify_fraction=1, drain_s=1)
+    assert schedule(broadcast, 5) == [(5, 0), (5, 1)]
 
 
 def test_verified_sample_is_spread_and_sized() -> None:
@@ -92,9 +92,24 @@ def test_chat_handshake_waits_for_prompt_then_welcome() -> None:
     state, step = d.handshake_line("b1", state, b"?? Choose a nickname:")
     assert step.send == b"b1\n"
     state, step = d.handshake_line("b1", state, b"== welcome, b1! You are in #lobby.")
+    assert not step.ready  # the join into #lobby may still fail
+    state, step = d.handshake_line("b1", state, b"#lobby -- b0 joined the chat!")
+    assert not step.ready
+    state, step = d.handshake_line("b1", state, b"#lobby -- b1 joined the chat!")
     assert step.ready
     with pytest.raises(HandshakeError):
         d.handshake_line("b1", 1, b'!! nickname "b1" is taken, choose another')
+
+
+def test_chat_handshake_retries_when_the_join_fails() -> None:
+    d = ChatDialect()
+    state, step = d.handshake_line("b1", 0, b"?? Choose a nickname:")
+    state, step = d.handshake_line("b1", state, b"== welcome, b1! You are in #lobby.")
+    unavailable = b"!! chat is unavailable right now (cannot reach Redis); try again shortly"
+    state, step = d.handshake_line("b1", state, unavailable)
+    assert step.retry and not step.ready
+    state, step = d.handshake_line("b1", state, b"?? Choose a nickname:")
+    assert step.send == b"b1\n"
 
 
 def test_irc_handshake_registers_joins_and_answers_ping() -> None:
