@@ -81,6 +81,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         rows.append((label, cells))
 
     row("clients ready / failed", lambda r: f"{r['connect']['ready']:,} / {r['connect']['failed']:,}")
+    row("handshake retries (join failed, asked again)", lambda r: _fmt(r["connect"].get("retries", 0)))
     row("connect + join time", lambda r: _fmt(r["connect"]["seconds"], " s"))
     row("join announcements settled after", lambda r: _fmt(r.get("settle_s"), " s"))
     row("deliveries per message", lambda r: _fmt(r["broadcast"]["fanout"]))
