@@ -282,7 +282,9 @@ def start_ngircd(workdir: Path) -> Cluster:
 
     ``MaxPenaltyTime = 0`` turns ngircd's flood penalties off (its command and
     byte throttles only ever add penalty time), connection and join limits are
-    off, and PING timeouts are longer than any run.
+    off, and PING timeouts are longer than any run.  ngircd drops root for
+    "nobody", which clears ``PR_SET_PDEATHSIG``; ``IdleTimeout = 60`` makes it exit
+    by itself a minute after its last client left, should the runner be killed.
     """
     if not Path(NGIRCD).exists():
         raise ServerError(f"{NGIRCD} not found (apt-get install ngircd)")
