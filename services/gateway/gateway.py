@@ -378,7 +378,11 @@ class Gateway:
         self.by_nick[new_folded] = session
         session.rebind()
         for name in session.rooms:
-            await self.bus.publish(name, "nick", old, new)
+            try:
+                await self.bus.publish(name, "nick", old, new)
+            except RedisError as exc:
+                # The rename itself is done; only this room's announcement is lost.
+                session.log.warning("nick.rename_unannounced", room=name, error=str(exc))
         return 1
 
     async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int:
@@ -571,6 +575,8 @@ class Gateway:
         self.metrics.redis_up.set(1 if self.redis.connected else 0)
         if not self.subscriber.connected:
             self.metrics.subscriber_up.set(0)
+        elif math.isinf(self.settings.canary_interval_s):
+            self.metrics.subscriber_up.set(1)  # no canary: the connection is all we know
         self._state_changed.set()
 
     async def _watch_redis_state(self) -> None:
@@ -664,11 +670,11 @@ class Gateway:
                     await self.bus.publish(name, "nick", old, new)
                 session.log.warning("nick.conflict_renamed", old=old, new=new)
                 session.deliver(
-                    p.error(f'your nickname "{old}" was taken by another user while chat '
-                            f'was interrupted; you are now "{new}"')
+                    p.error(f'your nickname "{old}" was taken by another user while this '
+                            f'gateway was out of touch with the cluster; you are now "{new}"')
                 )
                 return
-        session.disconnect(f'nickname "{old}" lost while chat was interrupted')
+        session.disconnect(f'nickname "{old}" lost while this gateway was out of touch')
 
     # -- cluster duties ------------------------------------------------------------------
     async def _heartbeat(self) -> bool:
@@ -686,6 +692,7 @@ class Gateway:
 
     async def _heartbeat_loop(self) -> None:
         last_renewed = -math.inf
+        reclaim_pending = False
         while True:
             if self.redis.connected:
                 try:
@@ -695,8 +702,10 @@ class Gateway:
                         # paused, or Redis was too slow): the others may have released
                         # our users. Claim them back and tell the rooms.
                         log.warning("gateway.lease_lost", clients=len(self.by_nick))
-                        await self._reassert(announce=True)
+                        reclaim_pending = True
                     last_renewed = trio.current_time()
+                    if reclaim_pending:
+                        reclaim_pending = not await self._reassert(announce=True)
                     # Right after (re)connecting, our view of the leases is not to be
                     # trusted: after a Redis stall every lease looks expired until its
                     # owner has had a chance to renew it.
@@ -719,7 +728,9 @@ class Gateway:
             return
         while True:
             await trio.sleep(interval)
-            self.metrics.subscriber_up.set(1 if self.canary_fresh() else 0)
+            self.metrics.subscriber_up.set(
+                1 if self.subscriber.connected and self.canary_fresh() else 0
+            )
             if not (self.redis.connected and self.subscriber.connected):
                 continue
             try:
