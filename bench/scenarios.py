@@ -77,6 +77,7 @@ SCENARIOS: dict[str, Scenario] = {
             gateways=1,
             senders=0,
             rate=0,
+            connect_timeout_s=1800.0,
         ),
         Scenario(
             name="capacity",
@@ -87,6 +88,7 @@ SCENARIOS: dict[str, Scenario] = {
             senders=10,
             rate=2,
             workers=2,
+            connect_timeout_s=3600.0,
         ),
     )
 }
