@@ -169,7 +169,7 @@ def plot_sweep(points: dict[str, list[dict[str, Any]]], out: Path, title: str) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_rate, ax_lat) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (ax_rate, ax_lat, ax_cpu) = plt.subplots(1, 3, figsize=(17, 4.8))
     colours = {"ours": "tab:blue", "ngircd": "tab:orange"}
     top = 0.0
     for system, pts in points.items():
@@ -182,6 +182,10 @@ def plot_sweep(points: dict[str, list[dict[str, Any]]], out: Path, title: str) -
         )
         ax_lat.plot(x, [p["latency"]["p50_ms"] for p in pts], "o-", color=colour, label=f"{system} p50")
         ax_lat.plot(x, [p["latency"]["p99_ms"] for p in pts], "s--", color=colour, label=f"{system} p99")
+        server = [sum(v["us_per_delivery"] or 0 for k, v in p["cpu"].items() if k != "loadgen") for p in pts]
+        ax_cpu.plot(x, server, "o-", color=colour, label=f"{system}: servers")
+        loadgen = [p["cpu"]["loadgen"]["us_per_delivery"] for p in pts]
+        ax_cpu.plot(x, loadgen, "^:", color=colour, label=f"{system}: load generator")
     ax_rate.plot([0, top], [0, top], ":", color="grey", label="delivered = offered")
     ax_rate.set_xlabel("offered deliveries/s (thousands)")
     ax_rate.set_ylabel("delivered deliveries/s (thousands)")
@@ -194,6 +198,12 @@ def plot_sweep(points: dict[str, list[dict[str, Any]]], out: Path, title: str) -
     ax_lat.set_title("latency, send to receiving socket")
     ax_lat.legend()
     ax_lat.grid(alpha=0.3, which="both")
+    ax_cpu.set_xlabel("offered deliveries/s (thousands)")
+    ax_cpu.set_ylabel("CPU microseconds per delivery (log scale)")
+    ax_cpu.set_yscale("log")
+    ax_cpu.set_title("CPU cost (ours: gateways + Redis)")
+    ax_cpu.legend()
+    ax_cpu.grid(alpha=0.3, which="both")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
