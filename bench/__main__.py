@@ -83,18 +83,20 @@ def cmd_list(_: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "bench", *sys.argv[1:]])
     everything: dict[str, Any] = {"command": command, "machine": machine(), "scenarios": {}}
+    path = args.out
     for name in args.scenarios:
         scn = SCENARIOS[name].with_overrides(**_overrides(args))
         _log(f"== scenario {name}: {scn}")
         results: dict[str, Any] = {}
+        everything["scenarios"][name] = results
         for system in args.systems:
             results[system] = run_system(system, scn, _log, args.keep_logs, args.profile)
-        everything["scenarios"][name] = results
+            # Saved after every system, so a long run interrupted later keeps what it measured.
+            path = save("run-" + "-".join(args.scenarios), everything, path)
         print()
         print(f"### {name}: {scn.description}")
         print()
         print(table(results))
-    path = save("run-" + "-".join(args.scenarios), everything, args.out)
     _log(f"results saved to {path}")
     return 0
 
