@@ -59,6 +59,10 @@ class Keys:
     def gateway_info(self, gateway_id: str) -> str:
         return f"{self.prefix}gw:{gateway_id}:info"
 
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}epoch"
+
     # -- rooms --------------------------------------------------------------
     @property
     def rooms(self) -> str:

@@ -220,8 +220,14 @@ class _CommandConnection:
         # connection open; only the age of the oldest unanswered command shows it.
         if math.isinf(self.stall_s):
             return
+        tick = self.stall_s / 4
         while True:
-            await trio.sleep(self.stall_s / 4)
+            before = trio.current_time()
+            await trio.sleep(tick)
+            if trio.current_time() - before > 2 * tick:
+                # We overslept: this process was frozen or starved, not Redis. Let the
+                # reader take in what arrived meanwhile before judging Redis.
+                continue
             if self.waiting and trio.current_time() - self.waiting[0].started > self.stall_s:
                 raise _ConnectionLost(f"Redis did not answer for {self.stall_s}s")
 

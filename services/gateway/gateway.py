@@ -101,6 +101,8 @@ class Gateway:
         self.ports: list[int] = []
         self.http_port: int | None = None
         self.last_canary = -math.inf
+        self.canary_failures = 0
+        self.known_epoch: bytes | None = None
         self.canary_sent = 0
         self._state_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -627,6 +629,14 @@ class Gateway:
             return False
         try:
             await self.bus.sync_clock()
+            # Same epoch: Redis kept its data, so a nickname of ours that is gone was
+            # released by another gateway (which announced the leave): announce the
+            # user again.  A new epoch means Redis lost everything; clients were told
+            # chat was interrupted, and a flood of joins would only be noise.
+            epoch = await self.redis.execute("GET", self.keys.epoch)
+            if self.known_epoch is not None and epoch == self.known_epoch:
+                announce = True
+            self.known_epoch = epoch
             await self._heartbeat()
             held = await self.bus.owned_nicks()
             for folded in held - set(self.by_nick) - self.claiming:
@@ -741,6 +751,7 @@ class Gateway:
             silent = trio.current_time() - self.last_canary
             if self.canary_sent > 1 and silent > self.settings.canary_timeout_s:
                 log.error("redis.subscriber_stalled", silent_s=round(silent, 1))
+                self.canary_failures += 1
                 self.subscriber.force_reconnect()
                 self.last_canary = trio.current_time()  # give the new connection time
 
