@@ -40,6 +40,7 @@ from services.gateway.session import Session
 log = structlog.get_logger()
 
 PROXY_HEADER_TIMEOUT_S = 5.0
+FD_RESERVE = 64
 
 
 @dataclass(eq=False)
@@ -99,6 +100,7 @@ class Gateway:
         self.available = False
         self.draining = False
         self.ports: list[int] = []
+        self.capacity = settings.max_clients
         self.http_port: int | None = None
         self.last_canary = -math.inf
         self.canary_failures = 0
@@ -146,7 +148,13 @@ class Gateway:
 
         ``task_status.started`` receives the bound chat ports once listening.
         """
-        raise_open_files_limit()
+        open_files = raise_open_files_limit()
+        # Each client costs one descriptor; keep some for Redis, HTTP, logs.
+        capacity = max(0, min(self.settings.max_clients, open_files - FD_RESERVE))
+        if capacity < self.settings.max_clients:
+            log.warning("gateway.capacity_limited", max_clients=self.settings.max_clients,
+                        open_files=open_files, capacity=capacity)
+        self.capacity = capacity
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.subscriber.wanted.update({self.node_channel, self.all_channel})
@@ -165,6 +173,8 @@ class Gateway:
                 redis=str(self.settings.redis_url),
                 pid=os.getpid(),
                 max_clients=self.settings.max_clients,
+                open_files=open_files,
+                capacity=capacity,
             )
             nursery.start_soon(self._accept, listeners)
             if self.settings.http_listen is not None:
@@ -190,7 +200,7 @@ class Gateway:
                 return
             peer, leftover = proxied
         session = Session(self, stream, peer)
-        if len(self.sessions) >= self.settings.max_clients or self.draining:
+        if len(self.sessions) >= self.capacity or self.draining:
             reason = "gateway shutting down" if self.draining else "server full"
             log.warning("client.refused", peer=peer, reason=reason)
             with trio.move_on_after(1.0):
