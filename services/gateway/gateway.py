@@ -255,7 +255,7 @@ class Gateway:
         except RedisUnavailable:
             # The claim may still reach Redis after we gave up on it: release it
             # later unless this gateway meanwhile gave the name to someone.
-            self._nursery_start(self._release_orphan, folded, nick)
+            self.spawn(self._release_orphan, folded, nick)
             raise
         finally:
             self.claiming.discard(folded)
@@ -264,7 +264,8 @@ class Gateway:
         self.metrics.joins_total.inc()
         return True
 
-    def _nursery_start(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Start a background task owned by the gateway (it ends with the gateway)."""
         if self._nursery is not None:
             self._nursery.start_soon(fn, *args)
 

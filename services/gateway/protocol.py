@@ -43,6 +43,8 @@ class LineFramer:
     up to its newline is discarded, so no part of it is ever used.
     """
 
+    __slots__ = ("_buffer", "_discarding", "max_line_bytes")
+
     def __init__(self, max_line_bytes: int = 4096) -> None:
         self.max_line_bytes = max_line_bytes
         self._buffer = bytearray()

@@ -11,7 +11,8 @@ deadline, and tells the client why when the server is the one closing.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -56,7 +57,36 @@ class TokenBucket:
 
 
 class Session:
-    """A connected client.  Created and run by :class:`~services.gateway.gateway.Gateway`."""
+    """A connected client.  Created and run by :class:`~services.gateway.gateway.Gateway`.
+
+    Memory per connection is what limits a gateway's capacity, so an idle session
+    is one task and a few small objects: a writer task exists only while the
+    socket cannot take what is queued, and the logger is bound on use.
+    """
+
+    __slots__ = (
+        "_task",
+        "_writer_done",
+        "_writer_running",
+        "_writer_scope",
+        "close_reason",
+        "conn_id",
+        "dirty",
+        "fd",
+        "flood",
+        "folded",
+        "framer",
+        "gateway",
+        "last_published",
+        "leave_text",
+        "nick",
+        "outbox",
+        "peer",
+        "rooms",
+        "scope",
+        "settings",
+        "stream",
+    )
 
     def __init__(self, gateway: Gateway, stream: trio.abc.Stream, peer: str) -> None:
         self.gateway = gateway
@@ -67,7 +97,7 @@ class Session:
         self.nick: str | None = None
         self.folded: str | None = None
         self.rooms: list[str] = []  # joined rooms; the last one is the current room
-        self.outbox = Outbox(self.settings.outbox_bytes, self._overflowed)
+        self.outbox = Outbox(self.settings.outbox_bytes, self._overflowed, self._send_pending)
         self.scope = trio.CancelScope()
         self.close_reason: str | None = None  # set when the server ends the session
         self.leave_text = ""
@@ -75,13 +105,23 @@ class Session:
         self.flood = TokenBucket(self.settings.flood_burst, self.settings.flood_rate)
         self.framer = p.LineFramer(self.settings.max_line_bytes)
         self.dirty = False  # queued by the current fan-out batch, not yet flushed
+        self._writer_running = False
+        self._writer_scope: trio.CancelScope | None = None
+        self._writer_done: trio.Event | None = None
         self.fd = _fileno(stream)
-        self.log = log
         self._task: trio.lowlevel.Task | None = None
+
+    @property
+    def log(self) -> Any:
+        """A logger with this client's ``conn``, ``peer`` and ``nick``, usable from
+        any task (fan-out, kicks); bound on use, so idle sessions carry none."""
+        if self.nick is None:
+            return log.bind(conn=self.conn_id, peer=self.peer)
+        return log.bind(conn=self.conn_id, peer=self.peer, nick=self.nick)
 
     # -- called by fan-out and by the gateway (synchronous, never blocks) ----------
     def deliver(self, data: bytes) -> None:
-        """Queue ``data`` for the client and wake its writer.  Never blocks."""
+        """Queue ``data`` for the client and send it as soon as possible.  Never blocks."""
         self.outbox.put(data)
 
     def deliver_batched(self, data: bytes) -> None:
@@ -93,7 +133,18 @@ class Session:
     def flush(self) -> None:
         """Write what the batch queued straight to the socket (no task switch)."""
         self.dirty = False
-        self.outbox.flush_now(self.fd)
+        self._send_pending()
+
+    def _send_pending(self) -> None:
+        # Write now if the socket takes it; otherwise one writer task finishes the
+        # job and exits, so idle connections cost no task.
+        if self._writer_running or self.outbox.flush_now(self.fd):
+            return
+        if self._task is not None and not self.outbox.closed:
+            self._writer_running = True
+            self._writer_scope = trio.CancelScope()
+            self._writer_done = trio.Event()
+            self.gateway.spawn(self._writer, self._writer_scope, self._writer_done)
 
     def disconnect(self, reason: str) -> None:
         """End this session; the client is told ``reason`` before the close."""
@@ -102,13 +153,11 @@ class Session:
         self.scope.cancel()
 
     def rebind(self) -> None:
-        """Bind ``conn``, ``peer`` and ``nick`` to this session's logger, and to the
-        connection task's context when called from it: events logged from other
-        tasks (fan-out, kicks) use ``self.log`` and carry them too."""
+        """Bind ``conn``, ``peer`` and ``nick`` to the connection task's context when
+        called from it, so everything logged on its behalf carries them."""
         context: dict[str, str] = {"conn": self.conn_id, "peer": self.peer}
         if self.nick is not None:
             context["nick"] = self.nick
-        self.log = log.bind(**context)
         if trio.lowlevel.current_task() is self._task:
             if self.nick is None:
                 structlog.contextvars.unbind_contextvars("nick")
@@ -130,30 +179,41 @@ class Session:
         ended_by = "closed"
         try:
             with self.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
-                    ended_by = await self._serve(leftover)
-                    # The client is done sending; let the writer flush what is queued
-                    # (a /quit's own last lines), bounded, rather than cut it off.
-                    self.outbox.finish()
-                    nursery.cancel_scope.deadline = trio.current_time() + FLUSH_TIMEOUT_S
-        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._send_pending()  # anything queued before the session ran
+                ended_by = await self._serve(leftover)
+                # The client is done sending; let a running writer flush what is
+                # queued (a /quit's own last lines), bounded, rather than cut it off.
+                if self._writer_done is not None:
+                    with trio.move_on_after(FLUSH_TIMEOUT_S):
+                        await self._writer_done.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             ended_by = "connection reset"
         finally:
             with trio.CancelScope(shield=True):
+                await self._stop_writer()
                 await self._finish(ended_by)
 
-    async def _writer(self) -> None:
+    async def _writer(self, scope: trio.CancelScope, done: trio.Event) -> None:
+        """Send until nothing is pending, then exit.  Started on demand in the
+        gateway's nursery; a broken socket ends the session, never the gateway."""
         outbox, stream = self.outbox, self.stream
-        while True:
-            await outbox.wait()
-            data = outbox.take()
-            if data:
-                outbox.writer_busy = True
-                await stream.send_all(data)
-                outbox.writer_busy = False
-            elif outbox.finishing:
-                return
+        try:
+            with scope:
+                while data := outbox.take():
+                    outbox.writer_busy = True
+                    await stream.send_all(data)
+                    outbox.writer_busy = False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.scope.cancel()  # the client is gone: nobody to tell why
+        finally:
+            self._writer_running = False
+            done.set()
+
+    async def _stop_writer(self) -> None:
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+        if self._writer_done is not None:
+            await self._writer_done.wait()
 
     async def _serve(self, leftover: bytes) -> str:
         """Read and handle lines until the client leaves; returns how it ended."""
@@ -178,12 +238,19 @@ class Session:
                 deadline = trio.current_time() + timeout
             else:
                 timeout, deadline = self.settings.nick_timeout_s, nick_deadline
-            with trio.move_on_at(deadline) as idle:
-                try:
+            timed_out = False
+            try:
+                if math.isinf(deadline):
+                    # No timeout: no cancel scope either (it costs memory per client).
                     data = await self.stream.receive_some(RECEIVE_BYTES)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return "connection reset"
-            if idle.cancelled_caught:
+                else:
+                    data = b""
+                    with trio.move_on_at(deadline) as idle:
+                        data = await self.stream.receive_some(RECEIVE_BYTES)
+                    timed_out = idle.cancelled_caught
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return "connection reset"
+            if timed_out:
                 self.close_reason = (
                     f"idle for {timeout:g}s" if self.nick else f"no nickname chosen in {timeout:g}s"
                 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-import trio
 
 from services.gateway.outbox import Outbox
 
@@ -25,7 +24,7 @@ def test_queued_messages_leave_in_one_write_without_the_writer(pair) -> None:  #
     outbox = Outbox(1024, lambda: None)
     for i in range(5):
         assert outbox.queue(f"m{i}\n".encode())
-    outbox.flush_now(a.fileno())
+    assert outbox.flush_now(a.fileno())
     assert b.recv(100) == b"m0\nm1\nm2\nm3\nm4\n"
     assert outbox.size == 0
     assert outbox.take() == b""
@@ -36,7 +35,7 @@ def test_what_the_socket_cannot_take_is_left_for_the_writer(pair) -> None:  # ty
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     outbox = Outbox(10**7, lambda: None)
     outbox.queue(b"x" * 2_000_000)
-    outbox.flush_now(a.fileno())
+    assert not outbox.flush_now(a.fileno())
     left = outbox.size
     assert 0 < left < 2_000_000
     assert len(outbox.take()) == left
@@ -47,7 +46,7 @@ def test_no_direct_write_while_the_writer_is_sending(pair) -> None:  # type: ign
     outbox = Outbox(1024, lambda: None)
     outbox.writer_busy = True
     outbox.queue(b"later\n")
-    outbox.flush_now(a.fileno())
+    assert not outbox.flush_now(a.fileno())
     with pytest.raises(BlockingIOError):
         b.recv(100)
     assert outbox.take() == b"later\n"
@@ -63,16 +62,11 @@ def test_overflow_refuses_and_reports_once() -> None:
     assert outbox.overflowed and outbox.take() == b""
 
 
-async def test_put_wakes_the_writer() -> None:
-    outbox = Outbox(100, lambda: None)
-    got: list[bytes] = []
-
-    async def writer() -> None:
-        await outbox.wait()
-        got.append(outbox.take())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer)
-        await trio.testing.wait_all_tasks_blocked()
-        outbox.put(b"hi")
-    assert got == [b"hi"]
+def test_put_reports_pending_data_and_queue_does_not() -> None:
+    calls: list[int] = []
+    outbox = Outbox(100, lambda: None, lambda: calls.append(1))
+    outbox.queue(b"batched")
+    assert calls == []
+    outbox.put(b"now")
+    assert calls == [1]
+    assert outbox.take() == b"batchednow"
