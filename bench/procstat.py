@@ -25,6 +25,22 @@ def cpu_seconds(pid: int) -> float | None:
     return (utime + stime) / _TICKS
 
 
+def cpu_split(pid: int) -> tuple[float, float] | None:
+    """``(user, system)`` CPU seconds used so far by ``pid``, or ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
+
+
+def total_system(pids: list[int]) -> float:
+    """Sum of the system (kernel) part of :func:`cpu_split` over ``pids``."""
+    return sum((cpu_split(p) or (0.0, 0.0))[1] for p in pids)
+
+
 def rss_bytes(pid: int) -> int | None:
     """Resident set size of ``pid`` in bytes (``VmRSS``), or ``None`` if it is gone."""
     try:

@@ -136,6 +136,13 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                 ),
             )
         row(
+            "CPU in the kernel (share): gateways / Redis / ngircd",
+            lambda r: " / ".join(
+                _fmt(r[m]["cpu"][role].get("kernel_share")) if role in r[m]["cpu"] else "-"
+                for role in ("gateway", "redis", "ngircd")
+            ),
+        )
+        row(
             "CPU load generator: us/delivery (cores)",
             lambda r: (
                 f"{_fmt(r[m]['cpu']['loadgen']['us_per_delivery'])} ({_fmt(r[m]['cpu']['loadgen']['cores'])})"

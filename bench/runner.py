@@ -36,11 +36,11 @@ def _window(lg: LoadGen, cluster: Cluster, spec: WindowSpec, fanout: int, lead_s
     """Run one window; add rates and per-role CPU (from ``t0`` to the end of the drain)."""
     t0_ns = lg.begin_window(spec, lead_s)
     time.sleep(max(0.0, (t0_ns - time.monotonic_ns()) / 1e9))
-    cpu0 = cluster.cpu()
+    cpu0, sys0 = cluster.cpu(), cluster.system_cpu()
     wall0 = time.monotonic()
     res = lg.end_window(spec)
     wall = time.monotonic() - wall0
-    cpu1 = cluster.cpu()
+    cpu1, sys1 = cluster.cpu(), cluster.system_cpu()
     cluster.check_alive()
     delivered = res["received"]
     duration = spec.duration_s
@@ -51,6 +51,7 @@ def _window(lg: LoadGen, cluster: Cluster, spec: WindowSpec, fanout: int, lead_s
             "seconds": round(spent, 3),
             "cores": round(spent / wall, 3) if wall > 0 else None,
             "us_per_delivery": round(spent / delivered * 1e6, 3) if delivered else None,
+            "kernel_share": round((sys1[role] - sys0[role]) / spent, 3) if spent > 0 else None,
         }
     lg_spent = res["loadgen_cpu_s"]
     cpu["loadgen"] = {

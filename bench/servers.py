@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.loadgen import die_with_parent
-from bench.procstat import total_cpu, total_rss
+from bench.procstat import total_cpu, total_rss, total_system
 
 REPO = Path(__file__).resolve().parent.parent
 NGIRCD = "/usr/sbin/ngircd"
@@ -157,6 +157,10 @@ class Cluster:
     def cpu(self) -> dict[str, float]:
         """CPU seconds used so far, per role."""
         return {role: total_cpu(self.pids(role)) for role in self.roles}
+
+    def system_cpu(self) -> dict[str, float]:
+        """Kernel-mode CPU seconds used so far, per role."""
+        return {role: total_system(self.pids(role)) for role in self.roles}
 
     def rss(self) -> dict[str, int]:
         """Resident bytes now, per role."""
