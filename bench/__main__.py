@@ -61,8 +61,8 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("clients", "gateways", "senders", "rate", "duration_s", "drain_s", "workers", "payload_bytes")
-    keys += ("inflight", "connect_timeout_s")
+    keys = ["clients", "gateways", "senders", "rate", "duration_s", "drain_s", "workers", "payload_bytes"]
+    keys += ["inflight", "connect_timeout_s"]
     return {k: getattr(args, k) for k in keys}
 
 
