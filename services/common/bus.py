@@ -25,9 +25,11 @@ from typing import Any
 from services.common.keys import Keys, owner_record, parse_owner_record
 from services.common.redis import Arg, RedisClient, RedisReplyError, RedisUnavailable
 
-# Publications kept per room: enough to replay history on join and to fill a
-# subscriber gap after a reconnect.
+# Every publication of a room is kept in its log, enough to fill a subscriber gap
+# after a reconnect.  Chat lines and actions are also kept in a short history list,
+# replayed on join, so joining reads a few entries, not the whole log.
 REPLAY_WINDOW = 2000
+HISTORY_KEEP = 500  # the largest CHAT_HISTORY_SIZE
 
 
 # An empty room's sequence counter and history are kept this long, then expire,
@@ -39,6 +41,7 @@ local function room_emptied(prefix, room)
   redis.call('SREM', prefix .. 'rooms', room)
   redis.call('EXPIRE', prefix .. 'room:' .. room .. ':seq', {ROOM_RETENTION_S})
   redis.call('EXPIRE', prefix .. 'room:' .. room .. ':history', {ROOM_RETENTION_S})
+  redis.call('EXPIRE', prefix .. 'room:' .. room .. ':log', {ROOM_RETENTION_S})
 end
 """
 
@@ -56,13 +59,18 @@ local function epoch(prefix)
   end
   return e
 end
-local function publish_room(prefix, room, body, keep)
+local function publish_room(prefix, room, body, keep, chat)
   local seq = redis.call('INCR', prefix .. 'room:' .. room .. ':seq')
   local payload = epoch(prefix) .. ' ' .. seq .. ' ' .. room .. ' ' .. body
   if keep > 0 then
+    local log = prefix .. 'room:' .. room .. ':log'
+    redis.call('RPUSH', log, payload)
+    redis.call('LTRIM', log, -keep, -1)
+  end
+  if chat then
     local hist = prefix .. 'room:' .. room .. ':history'
     redis.call('RPUSH', hist, payload)
-    redis.call('LTRIM', hist, -keep, -1)
+    redis.call('LTRIM', hist, -""" + str(HISTORY_KEEP) + """, -1)
   end
   redis.call('PUBLISH', prefix .. 'room:' .. room, payload)
   return seq
@@ -72,7 +80,7 @@ end
 
 # KEYS: none (all derived from the prefix, so scripts stay cluster-agnostic within
 # one Redis).  ARGV[1] is always the key prefix.
-# ARGV: prefix, room, envelope, keep, deadline (unix ms; 0 = none).  A publish
+# ARGV: prefix, room, envelope, keep, deadline (unix ms; 0 = none), chat (1/0).  A publish
 # that reaches Redis after its deadline (the caller already told the client it
 # was not sent) is dropped and returns 0, so a timeout never turns into a late send.
 PUBLISH_LUA = _envelope_lua() + """
@@ -81,7 +89,7 @@ if deadline > 0 then
   local t = redis.call('TIME')
   if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then return 0 end
 end
-return publish_room(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
+return publish_room(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[6] == '1')
 """
 
 # ARGV: prefix, folded nick, owner record, gateway id.
@@ -152,6 +160,7 @@ return 1
 JOIN_ROOM_LUA = """
 redis.call('PERSIST', ARGV[1] .. 'room:' .. ARGV[2] .. ':seq')
 redis.call('PERSIST', ARGV[1] .. 'room:' .. ARGV[2] .. ':history')
+redis.call('PERSIST', ARGV[1] .. 'room:' .. ARGV[2] .. ':log')
 redis.call('HSET', ARGV[1] .. 'room:' .. ARGV[2] .. ':members', ARGV[3], ARGV[4])
 redis.call('SADD', ARGV[1] .. 'rooms', ARGV[2])
 redis.call('SADD', ARGV[1] .. 'nick:' .. ARGV[3] .. ':rooms', ARGV[2])
@@ -229,6 +238,9 @@ class Publication:
     text: str
     gateway: str
     time: float
+
+
+CHAT_KINDS = frozenset({"msg", "act"})
 
 
 def encode_body(kind: str, nick: str, text: str, gateway: str) -> str:
@@ -356,16 +368,25 @@ class Bus:
         deadline_ms = int((time.time() + self.clock_offset_s + self.redis.timeout_s) * 1000)
         seq = int(
             await self._publish(
-                self.redis, self.keys.prefix, room, body, REPLAY_WINDOW, deadline_ms
+                self.redis, self.keys.prefix, room, body, REPLAY_WINDOW, deadline_ms,
+                1 if kind in CHAT_KINDS else 0,
             )
         )
         if seq == 0:
             raise RedisUnavailable("publication reached Redis after its deadline; dropped")
         return seq
 
-    async def history(self, room: str) -> list[bytes]:
-        """The room's kept publications, oldest first."""
-        return list(await self.redis.execute("LRANGE", self.keys.room_history(room), 0, -1))
+    async def history(self, room: str, count: int) -> list[bytes]:
+        """The room's last ``count`` chat lines and actions, oldest first."""
+        if count <= 0:
+            return []
+        return list(
+            await self.redis.execute("LRANGE", self.keys.room_history(room), -count, -1)
+        )
+
+    async def log(self, room: str) -> list[bytes]:
+        """Every kept publication of the room (for gap filling), oldest first."""
+        return list(await self.redis.execute("LRANGE", self.keys.room_log(room), 0, -1))
 
     async def rooms(self) -> dict[str, int]:
         """Every room with members anywhere, with its member count."""

@@ -307,6 +307,8 @@ class Settings:
                 raise ConfigError(
                     f"{env_name(name)} must be a positive, finite number of seconds, got {value}"
                 )
+        if self.history_size > 500:  # bus.HISTORY_KEEP: what Redis keeps per room
+            raise ConfigError(f"CHAT_HISTORY_SIZE must be at most 500, got {self.history_size}")
         if self.flood_rate <= 0:
             raise ConfigError("flood_rate must be positive")
 

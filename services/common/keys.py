@@ -14,7 +14,8 @@ Keys
 ``{p}gw:{id}:info``            HASH  started_at, clients, listen, pid (for operators)
 ``{p}room:{room}:members``     HASH  folded nick -> display nick, every member anywhere
 ``{p}room:{room}:seq``         STRING per-room publication sequence (INCR)
-``{p}room:{room}:history``     LIST  last publications of the room, as published
+``{p}room:{room}:history``     LIST  the room's last chat lines and actions (replayed on join)
+``{p}room:{room}:log``         LIST  every recent publication of the room (for gap filling)
 ``{p}epoch``                   STRING changes when Redis lost its data; part of every publication
 ``{p}rooms``                   SET   rooms that currently have members
 ``{p}nick:{folded}:rooms``     SET   rooms a nickname is in
@@ -76,6 +77,9 @@ class Keys:
 
     def room_history(self, room: str) -> str:
         return f"{self.prefix}room:{room}:history"
+
+    def room_log(self, room: str) -> str:
+        return f"{self.prefix}room:{room}:log"
 
     def nick_rooms(self, folded_nick: str) -> str:
         return f"{self.prefix}nick:{folded_nick}:rooms"

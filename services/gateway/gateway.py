@@ -104,6 +104,7 @@ class Gateway:
         self.http_port: int | None = None
         self.last_canary = -math.inf
         self.canary_failures = 0
+        self.lease_renewed_at = -math.inf
         self.known_epoch: bytes | None = None
         self.canary_sent = 0
         self._state_changed = trio.Event()
@@ -294,7 +295,7 @@ class Gateway:
                 await self.subscriber.subscribe(room.channel)
                 room.subscribed = True
             await self.bus.join_room(name, session.folded, session.nick)
-            history = await self.bus.history(name) if self.settings.history_size else []
+            history = await self.bus.history(name, self.settings.history_size)
         except BaseException:
             room.joining.pop(session, None)
             await self._drop_room_if_empty(room)
@@ -474,7 +475,7 @@ class Gateway:
     async def _fill_gap(self, room: LocalRoom) -> None:
         """Deliver what the subscriber missed, from the room's history, then the backlog."""
         try:
-            history = await self.bus.history(room.name)
+            history = await self.bus.log(room.name)
         except RedisError as exc:
             log.warning("gap.fill_failed", room=room.name, error=str(exc))
             history = []
@@ -699,7 +700,8 @@ class Gateway:
 
     # -- cluster duties ------------------------------------------------------------------
     async def _heartbeat(self) -> bool:
-        return await self.bus.heartbeat(
+        """Renew the lease; ``False`` when it had lapsed (see :meth:`Bus.heartbeat`)."""
+        held = await self.bus.heartbeat(
             self.settings.heartbeat_ttl_s,
             {
                 "clients": len(self.sessions),
@@ -708,23 +710,25 @@ class Gateway:
                 "started_at": int(self.started_at),
             },
         )
+        self.lease_renewed_at = trio.current_time()
+        return held
 
     started_at = time.time()
 
     async def _heartbeat_loop(self) -> None:
-        last_renewed = -math.inf
         reclaim_pending = False
         while True:
             if self.redis.connected:
                 try:
+                    # Any renewal on this connection (this loop's or a re-assertion's).
+                    had_lease = self.lease_renewed_at >= self.redis.connected_at
                     held = await self._heartbeat()
-                    if not held and self.redis.connected_at < last_renewed:
+                    if not held and had_lease:
                         # Same connection, yet our lease had lapsed (this process was
                         # paused, or Redis was too slow): the others may have released
                         # our users. Claim them back and tell the rooms.
                         log.warning("gateway.lease_lost", clients=len(self.by_nick))
                         reclaim_pending = True
-                    last_renewed = trio.current_time()
                     if reclaim_pending:
                         reclaim_pending = not await self._reassert(announce=True)
                     # Right after (re)connecting, our view of the leases is not to be
