@@ -281,7 +281,9 @@ class Gateway:
             except RedisError:
                 continue
 
-    async def join_room(self, session: Session, name: str, *, kind: str = "join") -> None:
+    async def join_room(
+        self, session: Session, name: str, *, kind: str = "join", greeting: bytes = b""
+    ) -> None:
         """Make ``session`` a member of room ``name`` here and in Redis, replay the
         room's history to it, then announce the join.  Raises RedisError (the
         session is then not a member)."""
@@ -302,6 +304,8 @@ class Gateway:
             raise
         buffered = room.joining.pop(session, [])
         room.members.add(session)
+        if greeting:
+            session.deliver(greeting)
         if name in session.rooms:
             session.rooms.remove(name)
         session.rooms.append(name)

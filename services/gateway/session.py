@@ -329,9 +329,10 @@ class Session:
         self.rebind()
         self.log.info("client.joined")
         room = self.settings.default_room
-        self.deliver(p.info(f"welcome, {nick}! You are in {room}. Type /help for commands."))
+        welcome = p.info(f"welcome, {nick}! You are in {room}. Type /help for commands.")
         try:
-            await self.gateway.join_room(self, room)
+            # The welcome goes out only once the join succeeded, before the history.
+            await self.gateway.join_room(self, room, greeting=welcome)
         except RedisError as exc:
             # Half a login is worse than none: give the nickname back and ask again.
             self.log.warning("room.join_failed", room=room, error=str(exc))
