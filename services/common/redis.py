@@ -142,6 +142,45 @@ async def _open(url: RedisURL, timeout_s: float, name: str, *, select_db: bool) 
     return stream, reader
 
 
+async def _open_with_retry(
+    url: RedisURL,
+    timeout_s: float,
+    name: str,
+    backoff: Backoff,
+    *,
+    select_db: bool,
+    first: bytes = b"",
+) -> tuple[trio.SocketStream, Any]:
+    """:func:`_open` until it works (sending ``first`` once connected), sleeping
+    with ``backoff`` between attempts; the backoff is reset on success.  Logs the
+    first failure and then every 20th: no log storm while Redis is down."""
+    failures = 0
+    while True:
+        try:
+            stream, reader = await _open(url, timeout_s, name, select_db=select_db)
+            if first:
+                try:
+                    await stream.send_all(first)
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+        except (RedisError, trio.BrokenResourceError, OSError) as exc:
+            failures += 1
+            delay = backoff.next_delay()
+            if failures == 1 or failures % 20 == 0:
+                log.warning(
+                    "redis.connect_failed",
+                    connection=name,
+                    error=str(exc),
+                    attempts=failures,
+                    retry_in_s=round(delay, 2),
+                )
+            await trio.sleep(delay)
+            continue
+        backoff.reset()
+        return stream, reader
+
+
 class _Pending:
     __slots__ = ("abandoned", "done", "reply", "started")
 
@@ -276,26 +315,10 @@ class RedisClient:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         ever_connected = False
-        failures = 0
         while True:
-            try:
-                stream, reader = await _open(self.url, self.timeout_s, self.name, select_db=True)
-            except RedisError as exc:
-                failures += 1
-                delay = self.backoff.next_delay()
-                # Log the first failure and then sparingly: no log storm while Redis is down.
-                if failures == 1 or failures % 20 == 0:
-                    log.warning(
-                        "redis.connect_failed",
-                        connection=self.name,
-                        error=str(exc),
-                        attempts=failures,
-                        retry_in_s=round(delay, 2),
-                    )
-                await trio.sleep(delay)
-                continue
-            self.backoff.reset()
-            failures = 0
+            stream, reader = await _open_with_retry(
+                self.url, self.timeout_s, self.name, self.backoff, select_db=True
+            )
             conn = _CommandConnection(stream, reader, stall_s=self.timeout_s * 3)
             self._conn = conn
             self.connected_at = trio.current_time()
@@ -467,29 +490,13 @@ class Subscriber:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         ever_connected = False
-        failures = 0
         while True:
-            try:
-                stream, reader = await _open(self.url, self.timeout_s, self.name, select_db=False)
-                if self.wanted:
-                    # Subscribing again before the connection is published keeps order:
-                    # nobody else can write to it yet.
-                    await stream.send_all(_pack(("SUBSCRIBE", *sorted(self.wanted))))
-            except (RedisError, trio.BrokenResourceError, OSError) as exc:
-                failures += 1
-                delay = self.backoff.next_delay()
-                if failures == 1 or failures % 20 == 0:
-                    log.warning(
-                        "redis.connect_failed",
-                        connection=self.name,
-                        error=str(exc),
-                        attempts=failures,
-                        retry_in_s=round(delay, 2),
-                    )
-                await trio.sleep(delay)
-                continue
-            self.backoff.reset()
-            failures = 0
+            stream, reader = await _open_with_retry(
+                self.url, self.timeout_s, self.name, self.backoff, select_db=False,
+                # Subscribing again before the connection is published keeps order:
+                # nobody else can write to it yet.
+                first=(_pack(("SUBSCRIBE", *sorted(self.wanted))) if self.wanted else b""),
+            )
             if ever_connected:
                 self.reconnects += 1
                 if self.on_reconnect:
