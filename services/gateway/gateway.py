@@ -830,5 +830,3 @@ def raise_open_files_limit() -> int:
             pass
     return soft
 
-
-Handler = Callable[[Session, str], Awaitable[str | None]]
