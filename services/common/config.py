@@ -229,7 +229,7 @@ class Settings:
     history_size: int = _setting(
         "50",
         parse_non_negative_int,
-        "messages replayed when joining a room (0 turns history off)",
+        "messages replayed when joining a room (0 turns history off, at most 500)",
         metavar="N",
     )
     redis_timeout_s: float = _setting(
