@@ -117,8 +117,9 @@ if redis.call('HGET', ARGV[1] .. 'nicks', ARGV[2]) == ARGV[3] then
   for _, room in ipairs(redis.call('SMEMBERS', rooms_key)) do
     local members = ARGV[1] .. 'room:' .. room .. ':members'
     redis.call('HDEL', members, ARGV[2])
-    if redis.call('HLEN', members) == 0 then room_emptied(ARGV[1], room) end
     publish_room(ARGV[1], room, ARGV[5], tonumber(ARGV[6]))
+    -- after the publish, so the expiry covers keys the publish may have created
+    if redis.call('HLEN', members) == 0 then room_emptied(ARGV[1], room) end
   end
   redis.call('DEL', rooms_key)
   return 1
@@ -196,10 +197,10 @@ for _, folded in ipairs(redis.call('SMEMBERS', gwn)) do
     for _, room in ipairs(redis.call('SMEMBERS', rooms_key)) do
       local members = p .. 'room:' .. room .. ':members'
       redis.call('HDEL', members, folded)
-      if redis.call('HLEN', members) == 0 then room_emptied(p, room) end
       local body = cjson.encode({k = 'leave', n = display, x = 'gateway lost', g = gw,
                                  t = tonumber(ARGV[4])})
       publish_room(p, room, body, keep)
+      if redis.call('HLEN', members) == 0 then room_emptied(p, room) end
     end
     redis.call('DEL', rooms_key)
     table.insert(released, display)
