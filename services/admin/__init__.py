@@ -35,7 +35,7 @@ from typing import Any, TextIO
 import redis
 
 from services.common.config import RedisURL, parse_prefix, parse_redis_url
-from services.common.keys import DEFAULT_PREFIX, Keys, parse_owner_record
+from services.common.keys import DEFAULT_PREFIX, Keys, incarnation_name, parse_owner_record
 from services.gateway.protocol import fold_nick
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -57,13 +57,15 @@ class UsageError(AdminError):
 @dataclass(frozen=True)
 class OnlineNick:
     nick: str
-    gateway: str
+    gateway: str  # the configured name
     gateway_alive: bool
+    incarnation: str  # the owning process's identity in Redis
 
 
 @dataclass(frozen=True)
 class GatewayState:
-    gateway: str
+    gateway: str  # the configured name
+    incarnation: str  # one process under that name (see services.common.bus)
     alive: bool
     lease_ttl_s: float | None
     heartbeat_age_s: float | None
@@ -99,7 +101,10 @@ def who(client: redis.Redis, keys: Keys) -> list[OnlineNick]:
     records: dict[str, str] = client.hgetall(keys.nicks)  # type: ignore[assignment]
     owners = {folded: parse_owner_record(record) for folded, record in records.items()}
     alive = _alive(client, keys, sorted({gw for gw, _ in owners.values()}))
-    return [OnlineNick(nick or folded, gw, alive[gw]) for folded, (gw, nick) in sorted(owners.items())]
+    return [
+        OnlineNick(nick or folded, incarnation_name(gw), alive[gw], gw)
+        for folded, (gw, nick) in sorted(owners.items())
+    ]
 
 
 def _int(value: str | None) -> int | None:
@@ -134,7 +139,8 @@ def gateways(client: redis.Redis, keys: Keys, now: float | None = None) -> list[
         beat = heartbeats.get(gw)
         states.append(
             GatewayState(
-                gateway=gw,
+                gateway=incarnation_name(gw),
+                incarnation=gw,
                 alive=alive,
                 lease_ttl_s=round(int(pttl) / 1000, 1) if alive and int(pttl) >= 0 else None,
                 heartbeat_age_s=round(max(0.0, now - beat), 1) if beat is not None else None,
@@ -145,7 +151,7 @@ def gateways(client: redis.Redis, keys: Keys, now: float | None = None) -> list[
                 uptime_s=round(max(0.0, now - started), 0) if started is not None else None,
             )
         )
-    states.sort(key=lambda s: (not s.alive, s.gateway))
+    states.sort(key=lambda s: (not s.alive, s.gateway, s.incarnation))
     return states
 
 
@@ -176,7 +182,8 @@ def kick(client: redis.Redis, keys: Keys, nick: str, reason: str) -> dict[str, A
     gateway, display = parse_owner_record(str(record))
     message = {"t": "kick", "nick": display or nick, "reason": reason}
     receivers = int(client.publish(keys.node_channel(gateway), json.dumps(message)))
-    result = {"nick": display or nick, "gateway": gateway, "reason": reason, "receivers": receivers}
+    result = {"nick": display or nick, "gateway": incarnation_name(gateway), "incarnation": gateway,
+              "reason": reason, "receivers": receivers}
     if receivers == 0:
         raise AdminError(
             f"{display or nick} is recorded on gateway {gateway}, which is not listening "

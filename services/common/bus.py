@@ -7,7 +7,9 @@ history, and releasing a dead gateway's users (exactly once, whoever runs it).
 Room publications travel as ``b"<epoch> <seq> <room> <json>"``.  The epoch changes
 when Redis loses its data (a restart), so sequence numbers restart from 1 under a
 new epoch instead of looking like duplicates.  The JSON envelope is
-``{"k": kind, "n": nick, "x": text, "g": origin gateway, "t": unix time}``
+``{"k": kind, "n": nick, "x": text, "g": origin gateway, "t": unix time,
+"i": publication id}`` (the id, unique per gateway process, lets a sender find out
+whether a line whose reply it never got was published: :meth:`Bus.resolve`)
 (``k`` is ``msg``, ``act``, ``join``, ``leave``, ``enter``, ``part`` or
 ``nick``; for ``nick`` the new nickname is in ``x``).  The room is the channel's.  Node and broadcast
 channels carry plain JSON objects with a ``t`` field (see
@@ -16,14 +18,22 @@ channels carry plain JSON objects with a ``t`` field (see
 
 from __future__ import annotations
 
+import enum
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.keys import Keys, owner_record, parse_owner_record
-from services.common.redis import Arg, RedisClient, RedisReplyError, RedisUnavailable
+from services.common.keys import Keys, incarnation_name, owner_record, parse_owner_record
+from services.common.redis import (
+    Arg,
+    CommandNotSent,
+    RedisClient,
+    RedisReplyError,
+    RedisUnavailable,
+)
 
 # Every publication of a room is kept in its log, enough to fill a subscriber gap
 # after a reconnect.  Chat lines and actions are also kept in a short history list,
@@ -178,12 +188,13 @@ return removed
 """
 
 # Release every user of a gateway whose lease expired, and announce their leaves.
-# ARGV: prefix, dead gateway id, keep, now.  Returns the released display nicks.
+# ARGV: prefix, dead gateway id, keep, now, force (1: the lease is ignored, for a
+# predecessor known dead by other means).  Returns the released display nicks.
 # Exactly once: only the caller whose ZREM removed the gateway does the work, and
 # the whole script is atomic.
 REAP_LUA = _envelope_lua() + """
 local p, gw, keep = ARGV[1], ARGV[2], tonumber(ARGV[3])
-if redis.call('EXISTS', p .. 'gw:' .. gw .. ':alive') == 1 then return {} end
+if ARGV[5] ~= '1' and redis.call('EXISTS', p .. 'gw:' .. gw .. ':alive') == 1 then return {} end
 if redis.call('ZREM', p .. 'gateways', gw) == 0 then return {} end
 local released = {}
 local gwn = p .. 'gw:' .. gw .. ':nicks'
@@ -206,8 +217,38 @@ for _, folded in ipairs(redis.call('SMEMBERS', gwn)) do
     table.insert(released, display)
   end
 end
-redis.call('DEL', gwn, p .. 'gw:' .. gw .. ':info')
+redis.call('DEL', gwn, p .. 'gw:' .. gw .. ':info', p .. 'gw:' .. gw .. ':alive')
 return released
+"""
+
+
+# Whether the publication with id ARGV[2] was published in room ARGV[1]'s log.
+# ARGV: prefix, room, id, deadline (unix ms), submitted (unix s, float).
+# Returns -1 while Redis's clock has not passed the deadline (the command may
+# still run: ask again later), the publication's sequence number when it is in
+# the log, 0 when it is not and can no longer be, and -2 when the log no longer
+# reaches back to when it was submitted (unknown).
+RESOLVE_LUA = """
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) <= tonumber(ARGV[4]) then
+  return -1
+end
+local entries = redis.call('LRANGE', ARGV[1] .. 'room:' .. ARGV[2] .. ':log', 0, -1)
+local needle = '"i":"' .. ARGV[3] .. '"'
+for i = #entries, 1, -1 do
+  local entry = entries[i]
+  if string.find(entry, needle, 1, true) then
+    local seq = string.match(entry, '^%S+ (%d+) ')
+    return tonumber(seq)
+  end
+end
+if #entries >= """ + str(REPLAY_WINDOW) + """ then
+  local ok, first = pcall(cjson.decode, string.match(entries[1], '^%S+ %d+ %S+ (.*)$'))
+  if not ok or type(first) ~= 'table' or tonumber(first.t or 0) > tonumber(ARGV[5]) then
+    return -2
+  end
+end
+return 0
 """
 
 
@@ -239,17 +280,39 @@ class Publication:
     text: str
     gateway: str
     time: float
+    id: str = ""
 
 
 CHAT_KINDS = frozenset({"msg", "act"})
 
 
-def encode_body(kind: str, nick: str, text: str, gateway: str) -> str:
-    return json.dumps(
-        {"k": kind, "n": nick, "x": text, "g": gateway, "t": round(time.time(), 6)},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+def encode_body(kind: str, nick: str, text: str, gateway: str, pub_id: str = "") -> str:
+    body: dict[str, Any] = {"k": kind, "n": nick, "x": text, "g": gateway, "t": round(time.time(), 6)}
+    if pub_id:
+        body["i"] = pub_id
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+class PublishUncertain(RedisUnavailable):
+    """The publish command was written but no answer came (connection lost, or too
+    slow): it may or may not have run.  :meth:`Bus.resolve` finds out."""
+
+    def __init__(self, message: str, room: str, pub_id: str, deadline_ms: int,
+                 submitted: float) -> None:
+        super().__init__(message)
+        self.room = room
+        self.pub_id = pub_id
+        self.deadline_ms = deadline_ms
+        self.submitted = submitted
+
+
+class Resolution(enum.Enum):
+    """What :meth:`Bus.resolve` found out about an uncertain publication."""
+
+    PENDING = "pending"  # Redis's clock has not passed the deadline: ask again later
+    PUBLISHED = "published"
+    NOT_PUBLISHED = "not published"
+    UNKNOWN = "unknown"  # the room's log no longer reaches back that far
 
 
 def decode_publication(payload: bytes) -> Publication:
@@ -266,6 +329,7 @@ def decode_publication(payload: bytes) -> Publication:
         text=str(data.get("x", "")),
         gateway=str(data.get("g", "")),
         time=float(data.get("t", 0.0)),
+        id=str(data.get("i", "")),
     )
 
 
@@ -282,12 +346,14 @@ class Bus:
     _join = Script(JOIN_ROOM_LUA)
     _leave = Script(LEAVE_ROOM_LUA)
     _reap = Script(REAP_LUA)
+    _resolve = Script(RESOLVE_LUA)
 
     def __init__(self, redis: RedisClient, keys: Keys, gateway_id: str) -> None:
         self.redis = redis
         self.keys = keys
         self.gateway_id = gateway_id
         self.clock_offset_s = 0.0  # Redis's clock minus ours (see sync_clock)
+        self._pub_ids = itertools.count(1)
 
     async def sync_clock(self) -> float:
         """Measure Redis's clock against ours, so deadlines checked inside Redis
@@ -361,21 +427,46 @@ class Bus:
     async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int:
         """Publish in ``room``; returns the publication's sequence number.
 
-        Raises :class:`RedisUnavailable` when no answer came in time; Redis then
-        drops the command if it arrives later, so "not sent" stays true.
+        Raises :class:`PublishUncertain` when the command was written but no answer
+        came (it may have run: :meth:`resolve` tells), and another
+        :class:`RedisError` when it certainly did not run (not connected, an error
+        reply, or it reached Redis after its deadline and was dropped).
         """
-        body = encode_body(kind, nick, text, self.gateway_id)
+        pub_id = str(next(self._pub_ids))
+        body = encode_body(kind, nick, text, self.gateway_id, pub_id)
         # The deadline is on Redis's clock: our clock plus the offset measured at connect.
-        deadline_ms = int((time.time() + self.clock_offset_s + self.redis.timeout_s) * 1000)
-        seq = int(
-            await self._publish(
-                self.redis, self.keys.prefix, room, body, REPLAY_WINDOW, deadline_ms,
-                1 if kind in CHAT_KINDS else 0,
+        submitted = time.time() + self.clock_offset_s
+        deadline_ms = int((submitted + self.redis.timeout_s) * 1000)
+        try:
+            seq = int(
+                await self._publish(
+                    self.redis, self.keys.prefix, room, body, REPLAY_WINDOW, deadline_ms,
+                    1 if kind in CHAT_KINDS else 0,
+                )
             )
-        )
+        except CommandNotSent:
+            raise
+        except RedisUnavailable as exc:
+            raise PublishUncertain(str(exc), room, pub_id, deadline_ms, submitted) from None
         if seq == 0:
             raise RedisUnavailable("publication reached Redis after its deadline; dropped")
         return seq
+
+    async def resolve(self, uncertain: PublishUncertain) -> tuple[Resolution, int]:
+        """Whether an uncertain publication was published, and its sequence number
+        when it was.  Exact once Redis's clock has passed the publication's deadline
+        (after which the publish script refuses it).  Raises :class:`RedisError`."""
+        reply = int(
+            await self._resolve(
+                self.redis, self.keys.prefix, uncertain.room, uncertain.pub_id,
+                uncertain.deadline_ms, uncertain.submitted,
+            )
+        )
+        if reply > 0:
+            return Resolution.PUBLISHED, reply
+        return {-1: Resolution.PENDING, 0: Resolution.NOT_PUBLISHED}.get(
+            reply, Resolution.UNKNOWN
+        ), 0
 
     async def history(self, room: str, count: int) -> list[bytes]:
         """The room's last ``count`` chat lines and actions, oldest first."""
@@ -385,9 +476,20 @@ class Bus:
             await self.redis.execute("LRANGE", self.keys.room_history(room), -count, -1)
         )
 
-    async def log(self, room: str) -> list[bytes]:
-        """Every kept publication of the room (for gap filling), oldest first."""
-        return list(await self.redis.execute("LRANGE", self.keys.room_log(room), 0, -1))
+    async def log(self, room: str, count: int = REPLAY_WINDOW) -> list[bytes]:
+        """The room's last ``count`` kept publications (for gap filling), oldest first."""
+        count = max(1, min(count, REPLAY_WINDOW))
+        return list(await self.redis.execute("LRANGE", self.keys.room_log(room), -count, -1))
+
+    async def room_position(self, rooms: list[str]) -> tuple[str | None, list[int]]:
+        """The current epoch (``None`` before the first publication) and each room's
+        last sequence number (0 when it has none), in one round trip."""
+        commands: list[tuple[Arg, ...]] = [("GET", self.keys.epoch)]
+        commands += [("GET", self.keys.room_seq(r)) for r in rooms]
+        replies = await self.redis.pipeline(commands)
+        _raise_first_error(replies)
+        epoch = replies[0].decode() if replies[0] is not None else None
+        return epoch, [int(r) if r is not None else 0 for r in replies[1:]]
 
     async def rooms(self) -> dict[str, int]:
         """Every room with members anywhere, with its member count."""
@@ -435,13 +537,29 @@ class Bus:
         alive = await self.redis.pipeline([("EXISTS", self.keys.gateway_alive(g)) for g in others])
         return [g for g, a in zip(others, alive, strict=True) if not a]
 
-    async def reap(self, dead_gateway: str) -> list[str]:
+    async def reap(self, dead_gateway: str, *, force: bool = False) -> list[str]:
         """Release a dead gateway's users; the display nicks released (empty when
-        another gateway did it first, or the gateway came back)."""
+        another gateway did it first, or the gateway came back).  ``force`` ignores
+        its lease: for a predecessor known to be dead (see :meth:`predecessors`)."""
         released = await self._reap(
-            self.redis, self.keys.prefix, dead_gateway, REPLAY_WINDOW, time.time()
+            self.redis, self.keys.prefix, dead_gateway, REPLAY_WINDOW, time.time(),
+            1 if force else 0,
         )
         return [r.decode() for r in released]
+
+    async def predecessors(self, name: str) -> list[str]:
+        """Earlier processes registered under the configured gateway ``name`` (this
+        one excluded) that nobody listens for any more: their node channel has no
+        subscriber, so whatever they owned is orphaned, lease or not."""
+        ids = [g.decode() for g in await self.redis.execute("ZRANGE", self.keys.gateways, 0, -1)]
+        mine = [g for g in ids if g != self.gateway_id and incarnation_name(g) == name]
+        if not mine:
+            return []
+        reply = await self.redis.execute(
+            "PUBSUB", "NUMSUB", *(self.keys.node_channel(g) for g in mine)
+        )
+        counts = dict(zip(reply[::2], reply[1::2], strict=True))
+        return [g for g in mine if int(counts.get(self.keys.node_channel(g).encode(), 0)) == 0]
 
     async def retire(self) -> None:
         """Remove this gateway from the registry (after its users were released)."""

@@ -116,3 +116,18 @@ def parse_owner_record(record: str) -> tuple[str, str]:
     """Split an owner record into ``(gateway_id, display_nick)``."""
     gateway_id, _, nick = record.partition(" ")
     return gateway_id, nick
+
+
+INCARNATION_SEPARATOR = "~"
+
+
+def incarnation_id(name: str, token: str) -> str:
+    """The identity one gateway process uses in Redis: its configured name plus a
+    token of its own, so a process restarted under the same name never mistakes
+    its dead predecessor's sessions for its own."""
+    return f"{name}{INCARNATION_SEPARATOR}{token}"
+
+
+def incarnation_name(gateway: str) -> str:
+    """The configured gateway name of an incarnation id (itself for a bare name)."""
+    return gateway.split(INCARNATION_SEPARATOR, 1)[0]

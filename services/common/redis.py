@@ -41,7 +41,14 @@ class RedisError(Exception):
 
 
 class RedisUnavailable(RedisError):
-    """Redis cannot be reached right now: not connected, connection lost, or too slow."""
+    """Redis cannot be reached right now: not connected, connection lost, or too slow.
+
+    Raised as such, the command may have been written (and run); see the subclass
+    :class:`CommandNotSent` for the case where it certainly was not."""
+
+
+class CommandNotSent(RedisUnavailable):
+    """The command was never written to Redis (no connection): it certainly did not run."""
 
 
 class RedisReplyError(RedisError):
@@ -149,18 +156,20 @@ async def _open_with_retry(
     backoff: Backoff,
     *,
     select_db: bool,
-    first: bytes = b"",
+    first: Callable[[], bytes] | None = None,
 ) -> tuple[trio.SocketStream, Any]:
-    """:func:`_open` until it works (sending ``first`` once connected), sleeping
+    """:func:`_open` until it works (sending what ``first()`` returns, computed
+    once connected), sleeping
     with ``backoff`` between attempts; the backoff is reset on success.  Logs the
     first failure and then every 20th: no log storm while Redis is down."""
     failures = 0
     while True:
         try:
             stream, reader = await _open(url, timeout_s, name, select_db=select_db)
-            if first:
+            data = first() if first is not None else b""
+            if data:
                 try:
-                    await stream.send_all(first)
+                    await stream.send_all(data)
                 except BaseException:
                     await trio.aclose_forcefully(stream)
                     raise
@@ -349,13 +358,14 @@ class RedisClient:
     async def execute(self, *args: Arg, timeout_s: float | None = None) -> Reply:
         """Send one command and return its reply.
 
-        Raises :class:`RedisUnavailable` when not connected, when the connection
-        is lost before the reply, or when no reply came within the deadline;
+        Raises :class:`CommandNotSent` when not connected (the command did not
+        run); :class:`RedisUnavailable` when the connection is lost before the
+        reply or no reply came within the deadline (the command may have run);
         :class:`RedisReplyError` when Redis answered with an error.
         """
         conn = self._conn
         if conn is None or conn.closed:
-            raise RedisUnavailable("not connected to Redis")
+            raise CommandNotSent("not connected to Redis")
         pending = conn.submit(_pack(args))
         deadline = self.timeout_s if timeout_s is None else timeout_s
         with trio.move_on_after(deadline) as scope:
@@ -373,7 +383,7 @@ class RedisClient:
         as :class:`RedisReplyError` values rather than raised)."""
         conn = self._conn
         if conn is None or conn.closed:
-            raise RedisUnavailable("not connected to Redis")
+            raise CommandNotSent("not connected to Redis")
         pendings = [conn.submit(_pack(c)) for c in commands]
         with trio.move_on_after(self.timeout_s) as scope:
             for p in pendings:
@@ -427,6 +437,9 @@ class Subscriber:
         self._stream: trio.SocketStream | None = None
         self._send_lock = trio.StrictFIFOLock()
         self._restart = trio.Event()
+        self._resubscribed: list[bytes] = []
+        self._unconfirmed = 0  # resubscriptions Redis has not confirmed yet
+        self._reconnect_due = False
 
     @property
     def connected(self) -> bool:
@@ -493,22 +506,29 @@ class Subscriber:
         while True:
             stream, reader = await _open_with_retry(
                 self.url, self.timeout_s, self.name, self.backoff, select_db=False,
-                # Subscribing again before the connection is published keeps order:
-                # nobody else can write to it yet.
-                first=(_pack(("SUBSCRIBE", *sorted(self.wanted))) if self.wanted else b""),
+                first=self._resubscribe_command,
             )
+            sent = self._resubscribed
+            # ``on_reconnect`` waits until Redis confirmed every resubscription:
+            # whoever then looks for what was missed cannot miss it again.
+            self._unconfirmed = len(sent)
+            self._reconnect_due = ever_connected
             if ever_connected:
                 self.reconnects += 1
-                if self.on_reconnect:
-                    self.on_reconnect()
             log.info(
                 "redis.reconnected" if ever_connected else "redis.connected",
                 connection=self.name,
                 redis=str(self.url),
-                channels=len(self.wanted),
+                channels=len(sent),
             )
             ever_connected = True
             self._stream = stream
+            if not sent:
+                self._confirmed()
+            late = sorted(self.wanted.difference(sent))
+            if late:  # wanted while the handshake was under way
+                with contextlib.suppress(RedisUnavailable):
+                    await self._send(stream, _pack(("SUBSCRIBE", *late)))
             self._restart = trio.Event()
             if self.on_state:
                 self.on_state(True)
@@ -532,6 +552,19 @@ class Subscriber:
                 self.on_state(False)
             await trio.sleep(self.backoff.next_delay())
 
+    def _resubscribe_command(self) -> bytes:
+        # Computed once connected, so channels wanted during the outage are
+        # included.  Subscribing before the connection is published keeps order:
+        # nobody else can write to it yet.
+        self._resubscribed = sorted(self.wanted)
+        return _pack(("SUBSCRIBE", *self._resubscribed)) if self._resubscribed else b""
+
+    def _confirmed(self) -> None:
+        if self._reconnect_due:
+            self._reconnect_due = False
+            if self.on_reconnect:
+                self.on_reconnect()
+
     async def _watch_restart(self, scope: trio.CancelScope) -> None:
         await self._restart.wait()
         scope.cancel()
@@ -551,6 +584,11 @@ class Subscriber:
                 if kind == b"message":
                     on_message(reply[1], reply[2])
                 elif kind == b"subscribe":
+                    if self._unconfirmed > 0:
+                        self._unconfirmed -= 1
+                        if self._unconfirmed == 0:
+                            self._confirmed()
+                        continue
                     waiters = self._waiters.get(reply[1])
                     if waiters:
                         waiters.popleft().set()

@@ -26,14 +26,20 @@ from typing import Any
 import structlog
 import trio
 
-from services.common.bus import Bus, Publication, decode_publication
+from services.common.bus import (
+    REPLAY_WINDOW,
+    Bus,
+    Publication,
+    decode_publication,
+)
 from services.common.config import Settings
 from services.common.http import serve_http
-from services.common.keys import Keys
+from services.common.keys import Keys, incarnation_id
 from services.common.metrics import Metrics
 from services.common.redis import Backoff, RedisClient, RedisError, RedisUnavailable, Subscriber
 from services.gateway import protocol as p
 from services.gateway.commands import Commands
+from services.gateway.outcomes import Outcomes
 from services.gateway.proxy_protocol import ProxyProtocolError, is_trusted, read_proxy_header
 from services.gateway.session import Session
 
@@ -41,6 +47,12 @@ log = structlog.get_logger()
 
 PROXY_HEADER_TIMEOUT_S = 5.0
 FD_RESERVE = 64
+# A client arriving before the gateway could serve it for the first time (Redis
+# connected, subscriber up, predecessors settled) waits this long, not refused.
+STARTUP_HOLD_S = 5.0
+# Publications held while a gap is filled; past this, fill what can be and say so.
+BACKLOG_LIMIT = 20000
+GAP_FILL_GIVE_UP_S = 60.0
 
 
 @dataclass(eq=False)
@@ -55,6 +67,8 @@ class LocalRoom:
     epoch: str | None = None
     last_seq: int | None = None
     filling: bool = False
+    fill_abandoned: bool = False
+    fill_upto: int = 0  # the newest sequence number known to exist when the fill began
     backlog: list[Publication] = field(default_factory=list)
     progress: trio.Event | None = None  # set on each delivery while someone waits
 
@@ -69,6 +83,11 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.gateway_id: str = settings.gateway_id
+        # This process's identity in Redis: the configured name plus a token of its
+        # own, so a process restarted under the same name never takes its dead
+        # predecessor's nicknames and rooms for its own.
+        self.incarnation = incarnation_id(self.gateway_id, os.urandom(4).hex())
+        self.started_at = time.time()
         self.keys = Keys(settings.key_prefix)
         self.metrics = Metrics(self.gateway_id)
         self.redis = RedisClient(
@@ -87,17 +106,18 @@ class Gateway:
             on_state=self._on_redis_state,
             on_reconnect=self._on_subscriber_reconnect,
         )
-        self.bus = Bus(self.redis, self.keys, self.gateway_id)
+        self.bus = Bus(self.redis, self.keys, self.incarnation)
         self.commands = Commands(self)
         self.sessions: set[Session] = set()
         self.dirty: list[Session] = []  # sessions with fan-out bytes queued in this batch
         self.by_nick: dict[str, Session] = {}
         self.claiming: set[str] = set()
         self.rooms: dict[str, LocalRoom] = {}
-        self.node_channel = self.keys.node_channel(self.gateway_id).encode()
+        self.node_channel = self.keys.node_channel(self.incarnation).encode()
         self.all_channel = self.keys.all_channel.encode()
         self.room_prefix = self.keys.room_channel("").encode()
         self.available = False
+        self._first_available = trio.Event()
         self.draining = False
         self.ports: list[int] = []
         self.capacity = settings.max_clients
@@ -111,6 +131,9 @@ class Gateway:
         self._nursery: trio.Nursery | None = None
         self._listen_scope = trio.CancelScope()
         self._all_gone = trio.Event()
+        self.outcomes = Outcomes(
+            self.bus, self.spawn, lambda: self.redis.connected and self.subscriber.connected
+        )
 
     # -- metrics hooks ----------------------------------------------------------------
     def metrics_rejected(self, reason: str) -> None:
@@ -136,8 +159,8 @@ class Gateway:
         return True, "ready"
 
     def canary_fresh(self) -> bool:
-        """Whether the subscriber loop proved itself recently (always, if the canary
-        is switched off)."""
+        """Whether a canary came back through the subscriber within the canary
+        timeout (with the canary off: whether the subscriber is connected)."""
         if math.isinf(self.settings.canary_interval_s):
             return self.subscriber.connected
         return trio.current_time() - self.last_canary <= self.settings.canary_timeout_s
@@ -169,6 +192,7 @@ class Gateway:
             self.ports = [ln.socket.getsockname()[1] for ln in listeners]
             log.info(
                 "gateway.started",
+                incarnation=self.incarnation,
                 listen=str(listen),
                 ports=self.ports,
                 redis=str(self.settings.redis_url),
@@ -200,6 +224,10 @@ class Gateway:
             if proxied is None:
                 return
             peer, leftover = proxied
+        if not self._first_available.is_set():
+            # Starting up: serve this client once we can, rather than refuse it.
+            with trio.move_on_after(STARTUP_HOLD_S):
+                await self._first_available.wait()
         session = Session(self, stream, peer)
         if len(self.sessions) >= self.capacity or self.draining:
             reason = "gateway shutting down" if self.draining else "server full"
@@ -443,25 +471,47 @@ class Gateway:
             session.flush()
 
     def _accept_publication(self, room: LocalRoom, pub: Publication) -> None:
+        """Deliver publications of a room in sequence order, each once; a gap (a
+        sequence number skipped) is filled from the room's log before anything
+        newer is delivered."""
+        if pub.id and pub.gateway == self.incarnation:
+            self.outcomes.saw(pub.id)
         if room.filling:
             room.backlog.append(pub)
+            if len(room.backlog) > BACKLOG_LIMIT:
+                room.fill_abandoned = True
             return
         if room.epoch != pub.epoch:
-            # First publication seen, or Redis lost its data: a new numbering starts.
-            room.epoch, room.last_seq = pub.epoch, pub.seq
-            self._fan_out(room, pub)
-            return
+            if room.epoch is None:
+                # The first publication since this gateway subscribed: the numbering
+                # starts here (members who join later get the history).
+                room.epoch, room.last_seq = pub.epoch, pub.seq
+                self._fan_out(room, pub)
+                return
+            if _epoch_order(pub.epoch) < _epoch_order(room.epoch):
+                log.warning("bus.stale_epoch", room=room.name, epoch=pub.epoch, seq=pub.seq)
+                return
+            # Redis lost its data and numbering restarted: everything of the new
+            # epoch counts, from seq 1, whatever this gateway missed while it was
+            # resubscribing.
+            log.info("room.new_epoch", room=room.name, old=room.epoch, new=pub.epoch)
+            room.epoch, room.last_seq = pub.epoch, 0
         assert room.last_seq is not None
         if pub.seq <= room.last_seq:
             return  # already delivered (a gap fill overlapped the live stream)
         if pub.seq > room.last_seq + 1:
-            room.filling = True
-            room.backlog.append(pub)
-            assert self._nursery is not None
-            self._nursery.start_soon(self._fill_gap, room)
+            self._start_fill(room, [pub])
             return
         room.last_seq = pub.seq
         self._fan_out(room, pub)
+
+    def _start_fill(self, room: LocalRoom, backlog: list[Publication], upto: int = 0) -> None:
+        room.filling = True
+        room.fill_abandoned = False
+        room.fill_upto = upto
+        room.backlog.extend(backlog)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._fill_gap, room)
 
     def _fan_out(self, room: LocalRoom, pub: Publication) -> None:
         if pub.time:
@@ -477,29 +527,44 @@ class Gateway:
         self.metrics.deliveries_total.inc(len(room.members))
 
     async def _fill_gap(self, room: LocalRoom) -> None:
-        """Deliver what the subscriber missed, from the room's history, then the backlog."""
-        try:
-            history = await self.bus.log(room.name)
-        except RedisError as exc:
-            log.warning("gap.fill_failed", room=room.name, error=str(exc))
-            history = []
-        expected_from = (room.last_seq or 0) + 1
-        recovered = 0
+        """Deliver what the subscriber missed from the room's log, then the backlog.
+
+        A read that fails because Redis is not reachable is retried once it is,
+        while newer publications wait in the backlog; only what the log no longer
+        holds (or a fill given up after :data:`GAP_FILL_GIVE_UP_S`) is skipped, and
+        the room's members are told so in one line."""
+        entries: list[bytes] = []
+        backoff = Backoff(base_s=0.05, cap_s=1.0)
+        with trio.move_on_after(GAP_FILL_GIVE_UP_S) as give_up:
+            while not room.fill_abandoned and self.rooms.get(room.name) is room:
+                try:
+                    entries = await self.bus.log(room.name, self._gap_size(room))
+                    break
+                except RedisError as exc:
+                    log.info("gap.fill_retry", room=room.name, error=str(exc))
+                    await trio.sleep(backoff.next_delay())
+        if give_up.cancelled_caught or room.fill_abandoned:
+            log.error("gap.fill_failed", room=room.name, backlog=len(room.backlog))
         pubs: dict[int, Publication] = {}
-        for raw in history:
+        expected_from = (room.last_seq or 0) + 1
+        for raw in entries:
             try:
                 pub = decode_publication(raw)
             except (ValueError, KeyError, TypeError):
                 continue
             if pub.epoch == room.epoch and pub.seq >= expected_from:
                 pubs[pub.seq] = pub
+        newer_epoch: list[Publication] = []
         for pub in room.backlog:
             if pub.epoch == room.epoch:
-                pubs.setdefault(pub.seq, pub)
-        other_epoch = [pub for pub in room.backlog if pub.epoch != room.epoch]
+                if pub.seq >= expected_from:
+                    pubs.setdefault(pub.seq, pub)
+            elif room.epoch is None or _epoch_order(pub.epoch) > _epoch_order(room.epoch):
+                newer_epoch.append(pub)
         room.backlog = []
         room.filling = False
         missing = 0
+        recovered = 0
         for seq in sorted(pubs):
             if room.last_seq is not None and seq > room.last_seq + 1:
                 missing += seq - room.last_seq - 1
@@ -509,12 +574,24 @@ class Gateway:
         if missing:
             log.error("gap.unrecoverable", room=room.name, missing=missing)
             for session in room.members:
-                session.deliver(p.error(f"{missing} messages in {room.name} could not be recovered"))
+                session.deliver(p.missed_line(room.name, missing))
         self._flush_batch()
         log.info("gap.filled", room=room.name, delivered=recovered, missing=missing)
-        for pub in other_epoch:
+        for pub in newer_epoch:
             self._accept_publication(room, pub)
         self._flush_batch()
+
+    @staticmethod
+    def _gap_size(room: LocalRoom) -> int:
+        """How many of the log's newest entries cover the gap (all of them when the
+        epoch changed or the top is unknown)."""
+        same = [pub.seq for pub in room.backlog if pub.epoch == room.epoch]
+        if room.fill_upto:
+            same.append(room.fill_upto)
+        if not same or room.last_seq is None:
+            return REPLAY_WINDOW
+        # Entries published after the backlog's newest one push it back in the log.
+        return max(same) - room.last_seq + len(room.backlog) + 64
 
     def _format(self, room: str, pub: Publication, *, history: bool = False) -> bytes:
         kind = pub.kind
@@ -574,19 +651,34 @@ class Gateway:
             self._nursery.start_soon(self._catch_up)
 
     async def _catch_up(self) -> None:
-        """After the subscriber reconnected, fill what every room missed meanwhile,
-        even if no new publication arrives to reveal the gap."""
-        for room in list(self.rooms.values()):
-            if room.last_seq is None or room.filling:
-                continue
+        """After the subscriber reconnected (and Redis confirmed every subscription),
+        fill what every room missed meanwhile, even if no new publication arrives to
+        reveal the gap.  Retried until Redis answers, while the subscriber stays up."""
+        backoff = Backoff(base_s=0.05, cap_s=1.0)
+        while self.subscriber.connected:
+            rooms = [room for room in self.rooms.values() if room.last_seq is not None]
+            if not rooms:
+                return
             try:
-                raw = await self.redis.execute("GET", self.keys.room_seq(room.name))
+                epoch, seqs = await self.bus.room_position([room.name for room in rooms])
+                break
             except RedisError as exc:
-                log.warning("gap.check_failed", room=room.name, error=str(exc))
+                log.info("gap.check_retry", error=str(exc))
+                await trio.sleep(backoff.next_delay())
+        else:
+            return
+        for room, seq in zip(rooms, seqs, strict=True):
+            if room.filling or room.last_seq is None or epoch is None or seq == 0:
                 continue
-            if raw is not None and int(raw) > room.last_seq and not room.filling:
-                room.filling = True
-                await self._fill_gap(room)
+            if self.rooms.get(room.name) is not room:
+                continue
+            if epoch != room.epoch:
+                if room.epoch is not None and _epoch_order(epoch) < _epoch_order(room.epoch):
+                    continue
+                log.info("room.new_epoch", room=room.name, old=room.epoch, new=epoch)
+                room.epoch, room.last_seq = epoch, 0
+            if seq > room.last_seq:
+                self._start_fill(room, [], upto=seq)
 
     # -- Redis state ------------------------------------------------------------------------
     def _on_redis_state(self, connected: bool) -> None:
@@ -620,6 +712,7 @@ class Gateway:
                 if not await self._reassert_until_done():
                     continue  # lost Redis again meanwhile; the next state change decides
                 self.available = True
+                self._first_available.set()
                 if ever:
                     log.info("chat.restored")
                     self.broadcast_local(p.info("chat is back"))
@@ -654,10 +747,11 @@ class Gateway:
                 announce = True
             self.known_epoch = epoch
             await self._heartbeat()
+            await self._settle_predecessors()
             held = await self.bus.owned_nicks()
             for folded in held - set(self.by_nick) - self.claiming:
                 owner = await self.bus.nick_owner(folded)
-                if owner is not None and owner[0] == self.gateway_id:
+                if owner is not None and owner[0] == self.incarnation:
                     await self.bus.release_nick(folded, owner[1], "connection lost")
             for folded, session in list(self.by_nick.items()):
                 assert session.nick is not None
@@ -674,6 +768,15 @@ class Gateway:
             return False
         log.info("redis.reasserted", nicks=len(self.by_nick))
         return True
+
+    async def _settle_predecessors(self) -> None:
+        """End what earlier processes under this gateway's name left in Redis (their
+        users' leaves announced once in every room, nicknames and memberships
+        released), without waiting for their leases to expire: a process restarted
+        under the same name must not serve clients beside its ghost."""
+        for dead in await self.bus.predecessors(self.gateway_id):
+            released = await self.bus.reap(dead, force=True)
+            log.warning("gateway.predecessor_reaped", predecessor=dead, released=len(released))
 
     async def _resolve_conflict(self, session: Session) -> None:
         """Another gateway re-asserted this nickname first: that one keeps it (first
@@ -712,12 +815,11 @@ class Gateway:
                 "listen": str(self.settings.listen),
                 "pid": os.getpid(),
                 "started_at": int(self.started_at),
+                "name": self.gateway_id,
             },
         )
         self.lease_renewed_at = trio.current_time()
         return held
-
-    started_at = time.time()
 
     async def _heartbeat_loop(self) -> None:
         reclaim_pending = False
@@ -751,28 +853,33 @@ class Gateway:
 
     async def _canary_loop(self) -> None:
         """Publish to our own node channel; if it does not come back, the subscriber
-        loop is dead even if its socket looks fine: reconnect it."""
+        loop is dead even if its socket looks fine: reconnect it.  The first canary
+        goes out as soon as both connections are up, so readiness is proven early."""
         interval = self.settings.canary_interval_s
         if math.isinf(interval):
             return
+        judged_from = trio.current_time()  # silence is counted from here at the earliest
         while True:
-            await trio.sleep(interval)
-            self.metrics.subscriber_up.set(
-                1 if self.subscriber.connected and self.canary_fresh() else 0
-            )
             if not (self.redis.connected and self.subscriber.connected):
+                judged_from = trio.current_time()
+                await trio.sleep(min(interval, 0.05))
                 continue
             try:
-                await self.bus.send_to_node(self.gateway_id, {"t": "canary"})
+                await self.bus.send_to_node(self.incarnation, {"t": "canary"})
+                self.canary_sent += 1
             except RedisError:
-                continue
-            self.canary_sent += 1
-            silent = trio.current_time() - self.last_canary
-            if self.canary_sent > 1 and silent > self.settings.canary_timeout_s:
+                pass
+            await trio.sleep(interval)
+            fresh = self.canary_fresh()
+            self.metrics.subscriber_up.set(1 if self.subscriber.connected and fresh else 0)
+            silent = trio.current_time() - max(self.last_canary, judged_from)
+            if self.subscriber.connected and silent > self.settings.canary_timeout_s:
                 log.error("redis.subscriber_stalled", silent_s=round(silent, 1))
                 self.canary_failures += 1
                 self.subscriber.force_reconnect()
-                self.last_canary = trio.current_time()  # give the new connection time
+                # Judge the new connection on its own canaries; readiness stays off
+                # until one comes back.
+                judged_from = trio.current_time()
 
     # -- shutdown ---------------------------------------------------------------------------
     async def drain(self) -> None:
@@ -794,6 +901,14 @@ class Gateway:
             except RedisError as exc:
                 log.warning("gateway.retire_failed", error=str(exc))
         log.info("gateway.stopped", clients_left=len(self.sessions))
+
+
+def _epoch_order(epoch: str) -> int:
+    """Epochs are Redis's clock (seconds and microseconds) when one began."""
+    try:
+        return int(epoch)
+    except ValueError:
+        return 0
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

@@ -202,6 +202,16 @@ def private_line(recipient: str, sender: str, text: str) -> bytes:
     return f"@{recipient} <{sender}> {text}{CRLF}".encode()
 
 
+def missed_line(room: str, count: int) -> bytes:
+    """Told once per gap that a Redis fault made unrecoverable (never silently)."""
+    return error(f"{count} lines in {room} may have been missed: they were lost in a Redis fault")
+
+
+NOT_DELIVERED = error("not delivered: chat is unavailable right now; your line was not sent")
+NOT_CONFIRMED = error(
+    "not confirmed: Redis did not say whether your line was sent; it may not have been delivered"
+)
+
 NICK_PROMPT = prompt("Choose a nickname:")
 
 REJECT_MESSAGES = {

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from services.common.bus import PublishUncertain, Resolution
 from services.common.redis import RedisError, RedisUnavailable
 from services.gateway import protocol as p
 from services.gateway.outbox import Outbox
@@ -32,7 +33,7 @@ FLUSH_TIMEOUT_S = 2.0
 _conn_ids = itertools.count(1)
 
 UNAVAILABLE = p.error("chat is unavailable right now (cannot reach Redis); try again shortly")
-NOT_DELIVERED = p.error("not delivered: chat is unavailable right now; your line was not sent")
+NOT_DELIVERED = p.NOT_DELIVERED
 
 
 class TokenBucket:
@@ -281,18 +282,31 @@ class Session:
         return None
 
     async def say(self, kind: str, text: str) -> None:
-        """Publish a chat line or action in the current room; the client is told
-        when it could not be sent."""
+        """Publish a chat line or action in the current room.  Its sender learns
+        exactly one outcome: the line echoed through Redis, or a "not delivered"
+        line (after finding out, when Redis's answer was lost)."""
         assert self.nick is not None
         room = self.rooms[-1]
         try:
             seq = await self.gateway.publish(room, kind, self.nick, text)
+        except PublishUncertain as exc:
+            self.log.warning("message.uncertain", room=room, error=str(exc))
+            self.gateway.outcomes.resolve_later(exc, self._report_outcome)
+            return
         except RedisError as exc:
             self.log.warning("message.not_delivered", room=room, error=str(exc))
             self.deliver(NOT_DELIVERED)
             return
         self.last_published = (room, seq)
         self.gateway.metrics_message_in()
+
+    def _report_outcome(self, outcome: Resolution) -> None:
+        if outcome is Resolution.PUBLISHED:
+            self.gateway.metrics_message_in()
+        elif outcome is Resolution.NOT_PUBLISHED:
+            self.deliver(NOT_DELIVERED)
+        else:
+            self.deliver(p.NOT_CONFIRMED)
 
     async def _choose_nick(self, text: str) -> str | None:
         command = p.parse_command(text)

@@ -8,6 +8,7 @@ import trio
 
 from services.common.config import parse_redis_url
 from services.common.redis import (
+    CommandNotSent,
     RedisClient,
     RedisReplyError,
     RedisUnavailable,
@@ -51,8 +52,9 @@ async def test_error_replies_raise_and_the_connection_survives(redis_server: Red
 
 async def test_not_connected_raises_at_once() -> None:
     client = RedisClient(parse_redis_url(f"redis://127.0.0.1:{free_port()}/0"))
-    with pytest.raises(RedisUnavailable):
+    with pytest.raises(CommandNotSent):  # a RedisUnavailable that certainly did not run
         await client.execute("PING")
+    assert issubclass(CommandNotSent, RedisUnavailable)
 
 
 async def test_password_and_database_from_the_url() -> None:
@@ -106,4 +108,25 @@ async def test_subscriber_resubscribes_after_reconnect(
         assert got == [(channel.encode(), b"one"), (channel.encode(), b"two")]
         await sub.unsubscribe(channel)
         await wait_until(lambda: rc.pubsub_numsub(channel)[0][1] == 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_reconnect_is_reported_once_redis_confirmed_the_resubscriptions(
+    redis_server: RedisServer, rc: redis.Redis, key_prefix: str
+) -> None:
+    """Whoever looks for what was missed (on ``on_reconnect``) cannot miss it again:
+    a message published from inside the callback is received."""
+    got: list[bytes] = []
+    channels = [f"{key_prefix}c{i}" for i in range(50)]
+    sub = Subscriber(parse_redis_url(redis_server.url), lambda c, d: got.append(d),
+                     name="resub-sub", on_reconnect=lambda: rc.publish(channels[-1], "probe"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sub.run)
+        await wait_until(lambda: sub.connected)
+        for channel in channels:
+            await sub.subscribe(channel)
+        for attempt in range(1, 6):
+            rc.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            await wait_until(lambda n=attempt: sub.reconnects == n and len(got) == n)  # type: ignore[misc]
+        assert got == [b"probe"] * 5
         nursery.cancel_scope.cancel()

@@ -82,12 +82,12 @@ async def test_fifty_clients_race_for_one_nickname(
     losers = [i for i, line in results.items() if "is taken" in line]
     assert len(winners) == 1
     assert len(losers) == 49
-    winner_gw = cluster[winners[0] % 3].gateway_id
+    winner_gw = cluster[winners[0] % 3].incarnation
     oracle = redis_server.client()
     record = oracle.hget(f"{prefix}nicks", "racer")
     assert record is not None and record.decode().startswith(f"{winner_gw} ")
     assert oracle.hlen(f"{prefix}nicks") == 1
-    owned = [oracle.smembers(f"{prefix}gw:{gw.gateway_id}:nicks") for gw in cluster]
+    owned = [oracle.smembers(f"{prefix}gw:{gw.incarnation}:nicks") for gw in cluster]
     assert sorted(map(len, owned)) == [0, 0, 1]
     # The losers keep their connection and can choose again.
     await clients[losers[0]].expect(r"^\?\? ")
@@ -109,14 +109,14 @@ async def test_nicknames_are_unique_across_gateways_and_freed_on_leave(
         await other.aclose()
     await dana.send("/who")
     await dana.expect(r"^== 1 online: Dana$")
-    assert oracle.hget(f"{prefix}nicks", "dana") == b"gw1 Dana"
+    assert oracle.hget(f"{prefix}nicks", "dana") == f"{cluster[0].incarnation} Dana".encode()
     await dana.send("/quit")
     await dana.read_until_closed()
     with trio.fail_after(10):
         while oracle.hexists(f"{prefix}nicks", "dana"):
             await trio.sleep(0.02)
     again = await ChatClient.join(cluster[2].port, "dana")
-    assert oracle.hget(f"{prefix}nicks", "dana") == b"gw3 dana"
+    assert oracle.hget(f"{prefix}nicks", "dana") == f"{cluster[2].incarnation} dana".encode()
     await again.aclose()
     oracle.close()
 

@@ -43,8 +43,8 @@ async def test_drain_tells_clients_releases_everything_and_exits_0(
     assert await trio.to_thread.run_sync(gw1.wait) == 0
     assert time.monotonic() - started < 10  # the default drain deadline
     assert set(oracle.hkeys(f"{prefix}nicks")) == {b"bob"}
-    assert oracle.zscore(f"{prefix}gateways", "d1") is None
-    assert not oracle.exists(f"{prefix}gw:d1:alive")
+    assert oracle.zscore(f"{prefix}gateways", gw1.incarnation) is None
+    assert not oracle.exists(f"{prefix}gw:{gw1.incarnation}:alive")
     assert oracle.pubsub_numsub(f"{prefix}room:#side")[0][1] == 0
     events = [e["event"] for e in gw1.events()]
     assert events[-2:] == ["gateway.draining", "gateway.stopped"] or "gateway.stopped" in events

@@ -25,7 +25,7 @@ async def test_killed_gateway_users_are_released_and_announced_once(
     w3 = await ChatClient.join(gws[2].port, "watch3")
     await w3.send("/join #side")
     await w3.expect(r"^== now talking in #side$")
-    assert oracle.scard(f"{prefix}gw:c1:nicks") == 2
+    assert oracle.scard(f"{prefix}gw:{gws[0].incarnation}:nicks") == 2
 
     gws[0].kill()  # SIGKILL: no goodbye, no cleanup
 
@@ -35,7 +35,7 @@ async def test_killed_gateway_users_are_released_and_announced_once(
     await w3.seen(r"^#side -- vic1 left the chat! \(gateway lost\)$")
     # Both survivors raced to reap; a marker sent afterwards proves no late duplicate.
     with trio.fail_after(10):
-        while oracle.zscore(f"{prefix}gateways", "c1") is not None:
+        while oracle.zscore(f"{prefix}gateways", gws[0].incarnation) is not None:
             await trio.sleep(0.05)
     await w2.send("marker")
     for watcher in (w2, w3):
@@ -48,7 +48,7 @@ async def test_killed_gateway_users_are_released_and_announced_once(
     assert oracle.hkeys(f"{prefix}nicks") and set(oracle.hkeys(f"{prefix}nicks")) == {
         b"watch2", b"watch3"
     }
-    assert not oracle.exists(f"{prefix}gw:c1:nicks")
+    assert not oracle.exists(f"{prefix}gw:{gws[0].incarnation}:nicks")
     assert oracle.hkeys(f"{prefix}room:#side:members") == [b"watch3"]
     # The nicknames are free again, on any gateway.
     again = await ChatClient.join(gws[1].port, "vic1")

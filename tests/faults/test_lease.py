@@ -32,7 +32,7 @@ async def test_paused_gateway_reclaims_its_users_after_being_reaped(
     await watcher.seen(r"^#lobby -- bob joined the chat!$", timeout=10)
     gw1.wait_for_event("gateway.lease_lost")
     with trio.fail_after(10):
-        while oracle.hget(f"{prefix}nicks", "bob") != b"l1 bob":
+        while oracle.hget(f"{prefix}nicks", "bob") != f"{gw1.incarnation} bob".encode():
             await trio.sleep(0.05)
     await bob.send("still here")
     await watcher.seen(r"^#lobby <bob> still here$")

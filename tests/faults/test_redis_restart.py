@@ -42,7 +42,10 @@ async def test_restart_keeps_clients_reasserts_state_and_chat_resumes(
     with trio.fail_after(10):
         while oracle.hlen("chat:nicks") < 2:
             await trio.sleep(0.05)
-    assert oracle.hgetall("chat:nicks") == {b"alice": b"r1 alice", b"bob": b"r2 bob"}
+    assert oracle.hgetall("chat:nicks") == {
+        b"alice": f"{gw1.incarnation} alice".encode(),
+        b"bob": f"{gw2.incarnation} bob".encode(),
+    }
     assert oracle.hgetall("chat:room:#dev:members") == {b"bob": b"bob"}
     assert set(oracle.hkeys("chat:room:#lobby:members")) == {b"alice", b"bob"}
     await alice.send("after restart")
@@ -82,9 +85,9 @@ async def test_nickname_conflict_after_restart_renames_the_later_claimant(
     line = await alice.expect(r'^!! your nickname "alice" was taken', timeout=20)
     assert 'you are now "alice_"' in line
     oracle = fresh_redis.client()
-    assert oracle.hget("chat:nicks", "alice") == b"k2 alice"
+    assert oracle.hget("chat:nicks", "alice") == f"{gw2.incarnation} alice".encode()
     with trio.fail_after(10):
-        while oracle.hget("chat:nicks", "alice_") != b"k1 alice_":
+        while oracle.hget("chat:nicks", "alice_") != f"{gw1.incarnation} alice_".encode():
             await trio.sleep(0.05)
     await alice.send("still here")
     await intruder.seen(r"^#lobby <alice_> still here$")

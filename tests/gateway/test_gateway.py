@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import time
 
 import redis
 import trio
@@ -44,9 +46,9 @@ async def test_taken_nickname_is_refused_case_insensitively_then_retry(
     await other.expect(r"^\?\? Choose a nickname:$")
     await other.send("bob")
     await other.expect(r"^== welcome, bob!")
-    assert rc.hget(f"{key_prefix}nicks", "alice") == f"{gw1.gateway_id} Alice".encode()
-    assert rc.hget(f"{key_prefix}nicks", "bob") == f"{gw2.gateway_id} bob".encode()
-    assert rc.smembers(f"{key_prefix}gw:{gw1.gateway_id}:nicks") == {b"alice"}
+    assert rc.hget(f"{key_prefix}nicks", "alice") == f"{gw1.incarnation} Alice".encode()
+    assert rc.hget(f"{key_prefix}nicks", "bob") == f"{gw2.incarnation} bob".encode()
+    assert rc.smembers(f"{key_prefix}gw:{gw1.incarnation}:nicks") == {b"alice"}
     await alice.aclose()
     await other.aclose()
 
@@ -174,7 +176,7 @@ async def test_disconnect_mid_handshake_or_mid_line_leaves_no_trace(
     await joined.aclose()
     await wait_until_sync(lambda: not rc.exists(f"{key_prefix}nicks"))
     await wait_until(lambda: not gw.sessions)
-    assert rc.smembers(f"{key_prefix}gw:{gw.gateway_id}:nicks") == set()
+    assert rc.smembers(f"{key_prefix}gw:{gw.incarnation}:nicks") == set()
     assert rc.hgetall(f"{key_prefix}room:#lobby:members") == {}
     assert not rc.exists(f"{key_prefix}nick:dave:rooms")
 
@@ -249,3 +251,39 @@ async def test_flood_control_refuses_lines_over_the_burst(start_gateway: StartGa
     await b.expect(r"^#lobby <flooder> line 2$")
     await a.aclose()
     await b.aclose()
+
+
+def _payload(epoch: str, seq: int, room: str, nick: str, text: str) -> str:
+    body = json.dumps({"k": "msg", "n": nick, "x": text, "g": "elsewhere~1", "t": time.time()})
+    return f"{epoch} {seq} {room} {body}"
+
+
+async def test_a_new_epoch_is_delivered_from_its_first_line(
+    start_gateway: StartGateway, rc: redis.Redis, key_prefix: str
+) -> None:
+    """Redis restarted empty: the first publication this gateway receives under the
+    new epoch is seq 3 (it was resubscribing while 1 and 2 went out).  It must fill
+    1 and 2 from the room's log before delivering 3, never start counting at 3."""
+    gw = await start_gateway()
+    alice = await ChatClient.join(gw.ports[0], "alice")
+    p = key_prefix
+    old_epoch = rc.get(f"{p}epoch")
+    assert old_epoch is not None
+    new_epoch = str(int(old_epoch) + 1_000_000)
+    lines = [_payload(new_epoch, i, "#lobby", "bob", f"new {i}") for i in (1, 2, 3)]
+    rc.set(f"{p}epoch", new_epoch)
+    rc.set(f"{p}room:#lobby:seq", 3)
+    rc.rpush(f"{p}room:#lobby:log", *lines)
+    rc.publish(f"{p}room:#lobby", lines[2])  # 1 and 2 were never seen live
+    await alice.expect(r"^#lobby <bob> new 3$")
+    got = [m for m in alice.lines if m.startswith("#lobby <bob>")]
+    assert got == ["#lobby <bob> new 1", "#lobby <bob> new 2", "#lobby <bob> new 3"]
+    # An older epoch's publication arriving late is not taken for a new numbering.
+    rc.publish(f"{p}room:#lobby", _payload(old_epoch.decode(), 99, "#lobby", "bob", "stale"))
+    rc.set(f"{p}room:#lobby:seq", 4)
+    line4 = _payload(new_epoch, 4, "#lobby", "bob", "new 4")
+    rc.rpush(f"{p}room:#lobby:log", line4)
+    rc.publish(f"{p}room:#lobby", line4)
+    await alice.expect(r"^#lobby <bob> new 4$")
+    assert not any("stale" in m for m in alice.lines)
+    await alice.aclose()

@@ -56,6 +56,12 @@ class GatewayProcess:
             self.wait_for_event("redis.reasserted", timeout)
         return self
 
+    @property
+    def incarnation(self) -> str:
+        """This process's identity in Redis (its id plus a per-process token), as
+        it logged at start."""
+        return str(self.wait_for_event("gateway.started")["incarnation"])
+
     def log_lines(self) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()
 
