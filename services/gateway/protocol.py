@@ -202,6 +202,31 @@ def private_line(recipient: str, sender: str, text: str) -> bytes:
     return f"@{recipient} <{sender}> {text}{CRLF}".encode()
 
 
+def publication_line(room: str, kind: str, nick: str, text: str, *, history: bool = False) -> bytes:
+    """The line every local member of ``room`` gets for one publication (formatted
+    once per publication, the same bytes for all), or its history replay."""
+    if kind == "msg":
+        if history:
+            return f"{room} (history) <{nick}> {text}{CRLF}".encode()
+        return chat_line(room, nick, text)
+    if kind == "act":
+        if history:
+            return f"{room} (history) * {nick} {text}{CRLF}".encode()
+        return action_line(room, nick, text)
+    if kind == "join":
+        return event_line(room, f"{nick} joined the chat!")
+    if kind == "leave":
+        suffix = f" ({text})" if text else ""
+        return event_line(room, f"{nick} left the chat!{suffix}")
+    if kind == "enter":
+        return event_line(room, f"{nick} joined {room}")
+    if kind == "part":
+        return event_line(room, f"{nick} left {room}")
+    if kind == "nick":
+        return event_line(room, f"{nick} is now known as {text}")
+    return event_line(room, f"{nick}: {text}")
+
+
 def missed_line(room: str, count: int) -> bytes:
     """Told once per gap that a Redis fault made unrecoverable (never silently)."""
     return error(f"{count} lines in {room} may have been missed: they were lost in a Redis fault")

@@ -1,18 +1,20 @@
 """One client connection: handshake, commands and chat, then a clean goodbye.
 
-A :class:`Session` owns its stream.  Two tasks touch it: the reader (this
-module's :meth:`Session.run`) and the writer, which drains the :class:`Outbox`.
-Fan-out reaches the client only through :meth:`Session.deliver`, which never
-waits.  Whatever ends the session (EOF, ``/quit``, overflow, kick, drain), the
-``finally`` block announces the leave and releases the nickname, bounded by a
-deadline, and tells the client why when the server is the one closing.
+A :class:`Session` owns its stream and reads it; its :class:`Writer` owns the
+write path (the bounded buffer, direct writes, the writer task started on
+demand).  The rest of the gateway reaches the client only through
+:meth:`Session.deliver` and the writer, which never wait.  A session talks to
+the gateway through the narrow :class:`~services.gateway.interfaces.Chat`
+protocol.  Whatever ends the session (EOF, ``/quit``, overflow, kick, drain),
+the ``finally`` block announces the leave and releases the nickname, bounded by
+a deadline, and tells the client why when the server is the one closing.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 import trio
@@ -20,10 +22,10 @@ import trio
 from services.common.bus import PublishUncertain, Resolution
 from services.common.redis import RedisError, RedisUnavailable
 from services.gateway import protocol as p
-from services.gateway.outbox import Outbox
-
-if TYPE_CHECKING:
-    from services.gateway.gateway import Gateway
+from services.gateway.commands import Commands
+from services.gateway.flood import TokenBucket
+from services.gateway.interfaces import Chat
+from services.gateway.writer import Writer
 
 log = structlog.get_logger()
 
@@ -34,31 +36,11 @@ _conn_ids = itertools.count(1)
 
 UNAVAILABLE = p.error("chat is unavailable right now (cannot reach Redis); try again shortly")
 NOT_DELIVERED = p.NOT_DELIVERED
-
-
-class TokenBucket:
-    """Flood control: ``burst`` lines at once, then ``rate`` lines per second."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, burst: int, rate: float) -> None:
-        self.burst = float(burst)
-        self.rate = rate
-        self.tokens = float(burst)
-        self.stamp = trio.current_time()
-
-    def take(self) -> bool:
-        now = trio.current_time()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+FLOODED = p.error("too many lines, slow down; your line was not sent")
 
 
 class Session:
-    """A connected client.  Created and run by :class:`~services.gateway.gateway.Gateway`.
+    """A connected client.  Created and run by the gateway's listener.
 
     Memory per connection is what limits a gateway's capacity, so an idle session
     is one task and a few small objects: a writer task exists only while the
@@ -66,51 +48,68 @@ class Session:
     """
 
     __slots__ = (
+        "_rooms",
         "_task",
-        "_writer_done",
-        "_writer_running",
-        "_writer_scope",
+        "chat",
         "close_reason",
+        "commands",
         "conn_id",
-        "dirty",
-        "fd",
         "flood",
         "folded",
         "framer",
-        "gateway",
         "last_published",
         "leave_text",
         "nick",
-        "outbox",
         "peer",
-        "rooms",
         "scope",
         "settings",
         "stream",
+        "writer",
     )
 
-    def __init__(self, gateway: Gateway, stream: trio.abc.Stream, peer: str) -> None:
-        self.gateway = gateway
-        self.settings = gateway.settings
+    def __init__(self, chat: Chat, commands: Commands, stream: trio.abc.Stream, peer: str) -> None:
+        self.chat = chat
+        self.commands = commands
+        self.settings = chat.settings
         self.stream = stream
         self.peer = peer
         self.conn_id = f"c{next(_conn_ids)}"
         self.nick: str | None = None
         self.folded: str | None = None
-        self.rooms: list[str] = []  # joined rooms; the last one is the current room
-        self.outbox = Outbox(self.settings.outbox_bytes, self._overflowed, self._send_pending)
+        self._rooms: list[str] = []  # joined rooms; the last one is the current room
+        self.writer = Writer(
+            stream, self.settings.outbox_bytes, on_overflow=self._overflowed,
+            on_broken=self._broken, spawn=chat.spawn,
+        )
         self.scope = trio.CancelScope()
         self.close_reason: str | None = None  # set when the server ends the session
         self.leave_text = ""
         self.last_published: tuple[str, int] | None = None
         self.flood = TokenBucket(self.settings.flood_burst, self.settings.flood_rate)
         self.framer = p.LineFramer(self.settings.max_line_bytes)
-        self.dirty = False  # queued by the current fan-out batch, not yet flushed
-        self._writer_running = False
-        self._writer_scope: trio.CancelScope | None = None
-        self._writer_done: trio.Event | None = None
-        self.fd = _fileno(stream)
         self._task: trio.lowlevel.Task | None = None
+
+    @property
+    def rooms(self) -> list[str]:
+        """Joined rooms, oldest first; the last one is the current room (read only:
+        :meth:`entered` and :meth:`left` change it)."""
+        return self._rooms
+
+    def entered(self, room: str) -> None:
+        if room in self._rooms:
+            self._rooms.remove(room)
+        self._rooms.append(room)
+
+    def left(self, room: str) -> None:
+        if room in self._rooms:
+            self._rooms.remove(room)
+
+    def spend(self) -> bool:
+        if self.flood.take():
+            return True
+        self.chat.count_rejected("flood")
+        self.deliver(FLOODED)
+        return False
 
     @property
     def log(self) -> Any:
@@ -123,29 +122,7 @@ class Session:
     # -- called by fan-out and by the gateway (synchronous, never blocks) ----------
     def deliver(self, data: bytes) -> None:
         """Queue ``data`` for the client and send it as soon as possible.  Never blocks."""
-        self.outbox.put(data)
-
-    def deliver_batched(self, data: bytes) -> None:
-        """Queue ``data`` as part of a fan-out batch; :meth:`flush` ends the batch."""
-        if self.outbox.queue(data) and not self.dirty:
-            self.dirty = True
-            self.gateway.dirty.append(self)
-
-    def flush(self) -> None:
-        """Write what the batch queued straight to the socket (no task switch)."""
-        self.dirty = False
-        self._send_pending()
-
-    def _send_pending(self) -> None:
-        # Write now if the socket takes it; otherwise one writer task finishes the
-        # job and exits, so idle connections cost no task.
-        if self._writer_running or self.outbox.flush_now(self.fd):
-            return
-        if self._task is not None and not self.outbox.closed:
-            self._writer_running = True
-            self._writer_scope = trio.CancelScope()
-            self._writer_done = trio.Event()
-            self.gateway.spawn(self._writer, self._writer_scope, self._writer_done)
+        self.writer.put(data)
 
     def disconnect(self, reason: str) -> None:
         """End this session; the client is told ``reason`` before the close."""
@@ -164,8 +141,11 @@ class Session:
                 structlog.contextvars.unbind_contextvars("nick")
             structlog.contextvars.bind_contextvars(**context)
 
+    def _broken(self) -> None:
+        self.scope.cancel()  # the client is gone: nobody to tell why
+
     def _overflowed(self) -> None:
-        self.gateway.metrics_slow_consumer()
+        self.chat.count_slow_consumer()
         self.log.warning(
             "client.slow_consumer", outbox_limit=self.settings.outbox_bytes
         )
@@ -180,46 +160,22 @@ class Session:
         ended_by = "closed"
         try:
             with self.scope:
-                self._send_pending()  # anything queued before the session ran
+                self.writer.start()  # and anything queued before the session ran
                 ended_by = await self._serve(leftover)
                 # The client is done sending; let a running writer flush what is
                 # queued (a /quit's own last lines), bounded, rather than cut it off.
-                if self._writer_done is not None:
-                    with trio.move_on_after(FLUSH_TIMEOUT_S):
-                        await self._writer_done.wait()
+                await self.writer.wait_flushed(FLUSH_TIMEOUT_S)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             ended_by = "connection reset"
         finally:
             with trio.CancelScope(shield=True):
-                await self._stop_writer()
+                await self.writer.stop()
                 await self._finish(ended_by)
-
-    async def _writer(self, scope: trio.CancelScope, done: trio.Event) -> None:
-        """Send until nothing is pending, then exit.  Started on demand in the
-        gateway's nursery; a broken socket ends the session, never the gateway."""
-        outbox, stream = self.outbox, self.stream
-        try:
-            with scope:
-                while data := outbox.take():
-                    outbox.writer_busy = True
-                    await stream.send_all(data)
-                    outbox.writer_busy = False
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.scope.cancel()  # the client is gone: nobody to tell why
-        finally:
-            self._writer_running = False
-            done.set()
-
-    async def _stop_writer(self) -> None:
-        if self._writer_scope is not None:
-            self._writer_scope.cancel()
-        if self._writer_done is not None:
-            await self._writer_done.wait()
 
     async def _serve(self, leftover: bytes) -> str:
         """Read and handle lines until the client leaves; returns how it ended."""
-        self.deliver(p.info(f"welcome to the chat on gateway {self.gateway.gateway_id}"))
-        if not self.gateway.available:
+        self.deliver(p.info(f"welcome to the chat on gateway {self.chat.gateway_id}"))
+        if not self.chat.available:
             self.deliver(UNAVAILABLE)
         self.deliver(p.NICK_PROMPT)
         pending = self.framer.feed(leftover) if leftover else []
@@ -231,7 +187,7 @@ class Session:
                     continue
                 if await self._handle(event.text) == "quit":
                     if self.last_published is not None:
-                        await self.gateway.wait_delivered(*self.last_published, timeout_s=1.0)
+                        await self.chat.wait_delivered(*self.last_published, timeout_s=1.0)
                     self.deliver(p.info("bye"))
                     return "quit"
             if self.nick:
@@ -261,7 +217,7 @@ class Session:
             pending = self.framer.feed(data)
 
     def _reject(self, reason: str) -> None:
-        self.gateway.metrics_rejected(reason)
+        self.chat.count_rejected(reason)
         self.log.info("line.rejected", reason=reason)
         self.deliver(p.reject_line(reason, self.settings.max_line_bytes))
 
@@ -270,10 +226,8 @@ class Session:
             return await self._choose_nick(text)
         command = p.parse_command(text)
         if command is not None:
-            return await self.gateway.commands.run(self, command)
-        if not self.flood.take():
-            self.gateway.metrics_rejected("flood")
-            self.deliver(p.error("too many lines, slow down; your line was not sent"))
+            return await self.commands.run(self, command)
+        if not self.spend():
             return None
         if not self.rooms:
             self.deliver(p.error("you are in no room; /join #room to chat"))
@@ -288,21 +242,21 @@ class Session:
         assert self.nick is not None
         room = self.rooms[-1]
         try:
-            seq = await self.gateway.publish(room, kind, self.nick, text)
+            seq = await self.chat.publish(room, kind, self.nick, text)
         except PublishUncertain as exc:
             self.log.warning("message.uncertain", room=room, error=str(exc))
-            self.gateway.outcomes.resolve_later(exc, self._report_outcome)
+            self.chat.resolve_later(exc, self._report_outcome)
             return
         except RedisError as exc:
             self.log.warning("message.not_delivered", room=room, error=str(exc))
             self.deliver(NOT_DELIVERED)
             return
         self.last_published = (room, seq)
-        self.gateway.metrics_message_in()
+        self.chat.count_message_in()
 
     def _report_outcome(self, outcome: Resolution) -> None:
         if outcome is Resolution.PUBLISHED:
-            self.gateway.metrics_message_in()
+            self.chat.count_message_in()
         elif outcome is Resolution.NOT_PUBLISHED:
             self.deliver(NOT_DELIVERED)
         else:
@@ -329,7 +283,7 @@ class Session:
             return None
         folded = p.fold_nick(nick)
         try:
-            claimed = await self.gateway.claim_nick(self, folded, nick)
+            claimed = await self.chat.claim_nick(self, folded, nick)
         except RedisError as exc:
             self.log.warning("nick.unavailable", attempted=nick, error=str(exc))
             self.deliver(UNAVAILABLE)
@@ -346,13 +300,13 @@ class Session:
         welcome = p.info(f"welcome, {nick}! You are in {room}. Type /help for commands.")
         try:
             # The welcome goes out only once the join succeeded, before the history.
-            await self.gateway.join_room(self, room, greeting=welcome)
+            await self.chat.join_room(self, room, greeting=welcome)
         except RedisError as exc:
             # Half a login is worse than none: give the nickname back and ask again.
             self.log.warning("room.join_failed", room=room, error=str(exc))
             with trio.move_on_after(self.settings.redis_timeout_s):
                 try:
-                    await self.gateway.forget(self)
+                    await self.chat.forget(self)
                 except RedisError:
                     pass  # re-assertion or the lease reaper releases it later
             self.nick = self.folded = None
@@ -366,7 +320,7 @@ class Session:
         reason = self.close_reason or ended_by
         with trio.move_on_after(max(self.settings.redis_timeout_s * 2, 1.0)):
             try:
-                await self.gateway.forget(self, self.leave_text)
+                await self.chat.forget(self, self.leave_text)
             except RedisUnavailable as exc:
                 # The nickname stays recorded under this gateway; it is released when
                 # Redis is back (reconciliation) or by the lease reaper.
@@ -376,13 +330,13 @@ class Session:
         if self.nick is not None:
             self.log.info("client.left", reason=reason)
         self.log.info("client.disconnected", reason=reason)
-        final = self.outbox.take()
+        final = self.writer.take()
         if self.close_reason is not None:
             # A fresh line: an interrupted write may have left a partial line behind.
-            final = (b"\r\n" if self.outbox.overflowed else final) + p.error(
+            final = (b"\r\n" if self.writer.overflowed else final) + p.error(
                 f"disconnected: {self.close_reason}"
             )
-        self.outbox.close()
+        self.writer.close()
         # A slow consumer reads its reason only once it reads again: wait a while.
         with trio.move_on_after(FAREWELL_TIMEOUT_S):
             try:
@@ -392,8 +346,3 @@ class Session:
                 pass
         await trio.aclose_forcefully(self.stream)
 
-
-def _fileno(stream: trio.abc.Stream) -> int:
-    """The socket's descriptor, for direct non-blocking writes (-1 if none)."""
-    socket = getattr(stream, "socket", None)
-    return socket.fileno() if socket is not None else -1

@@ -31,11 +31,6 @@ async def test_idle_timeout_disconnects_with_a_reason(
     await wait_until_sync(lambda: not rc.hexists(f"{key_prefix}nicks", "quiet"))
 
 
-async def test_idle_timeout_is_off_by_default(start_gateway: StartGateway) -> None:
-    gw = await start_gateway()
-    assert gw.settings.idle_timeout_s == float("inf")
-
-
 async def test_nick_timeout_disconnects_clients_that_never_choose(
     start_gateway: StartGateway,
 ) -> None:

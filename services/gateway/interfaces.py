@@ -1,0 +1,126 @@
+"""The seams between the gateway's parts, as protocols (no implementation here).
+
+* :class:`Member`: what the room registry, the nickname registry and the node
+  messages need of one connected client (a :class:`~services.gateway.session.Session`).
+* :class:`Chat`: what a session and its commands may ask of the rest of the
+  gateway.  The gateway (:mod:`services.gateway.gateway`) implements it by
+  delegating to its parts; sessions and commands never see those parts.
+
+Data flows one way: a session turns lines into calls on :class:`Chat`; Redis
+delivers publications to the room registry, which hands bytes to each member's
+:class:`~services.gateway.writer.Writer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from services.common.bus import PublishUncertain, Resolution
+from services.common.config import Settings
+from services.gateway.writer import Writer
+
+
+class Member(Protocol):
+    """One connected client, as the rest of the gateway sees it."""
+
+    nick: str | None
+    folded: str | None
+    writer: Writer
+
+    @property
+    def rooms(self) -> list[str]:
+        """Joined rooms, oldest first; the last one is the current room."""
+
+    @property
+    def log(self) -> Any:
+        """A logger bound to this client's ``conn``, ``peer`` and ``nick``."""
+
+    def deliver(self, data: bytes) -> None:
+        """Queue ``data`` for the client and write it as soon as possible."""
+
+    def disconnect(self, reason: str) -> None:
+        """End the session; the client is told ``reason``."""
+
+    def rebind(self) -> None:
+        """Re-bind the logging context after a nickname change."""
+
+    def entered(self, room: str) -> None:
+        """The client is now in ``room``, which becomes its current room."""
+
+    def left(self, room: str) -> None:
+        """The client is no longer in ``room``."""
+
+
+class Chat(Protocol):
+    """The gateway as a session and its commands see it.  Methods that touch Redis
+    raise :class:`~services.common.redis.RedisError`."""
+
+    settings: Settings
+    gateway_id: str
+
+    @property
+    def available(self) -> bool:
+        """Whether Redis is reachable (clients are told when it is not)."""
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the gateway's nursery."""
+
+    def count_rejected(self, reason: str) -> None: ...
+
+    def count_slow_consumer(self) -> None: ...
+
+    def count_message_in(self) -> None: ...
+
+    # nicknames
+    async def claim_nick(self, member: Member, folded: str, nick: str) -> bool:
+        """Claim ``nick`` across the cluster for ``member``; ``False`` when taken."""
+
+    async def rename(self, member: Member, new: str) -> str:
+        """``"renamed"``, ``"taken"`` or ``"lost"`` (this gateway no longer owns the
+        old nickname)."""
+
+    async def forget(self, member: Member, reason: str = "") -> None:
+        """Remove a leaving member everywhere: local rooms, its nickname, its
+        memberships, with the leave announced once in each room."""
+
+    # rooms
+    async def join_room(
+        self, member: Member, name: str, *, kind: str = "join", greeting: bytes = b""
+    ) -> None: ...
+
+    async def part_room(self, member: Member, name: str) -> None: ...
+
+    async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int: ...
+
+    def resolve_later(
+        self, uncertain: PublishUncertain, report: Callable[[Resolution], None]
+    ) -> None:
+        """Find out what became of a publish that got no answer."""
+
+    async def wait_delivered(self, room: str, seq: int, timeout_s: float) -> None: ...
+
+    # queries and messages
+    async def online(self) -> list[str]: ...
+
+    async def room_members(self, room: str) -> list[str]: ...
+
+    async def room_counts(self) -> dict[str, int]: ...
+
+    async def send_private(self, sender: str, target: str, text: str) -> str | None:
+        """Deliver a private message; the recipient's display nickname, or ``None``
+        when nobody has that nickname.  Raises ``LookupError`` when its gateway
+        does not listen (unreachable)."""
+
+
+class Caller(Member, Protocol):
+    """A member running a command: it also has a flood budget and can speak."""
+
+    leave_text: str
+
+    def spend(self) -> bool:
+        """Take one line from the client's flood budget; ``False`` (and the client
+        told) when it is spent."""
+
+    async def say(self, kind: str, text: str) -> None:
+        """Publish a chat line or action in the current room."""

@@ -1,0 +1,190 @@
+"""The chat listener: accept, PROXY headers, admission, and the drain.
+
+:class:`Server` accepts connections, reads a PROXY header from trusted proxies,
+decides whether to admit (capacity by open files and ``CHAT_MAX_CLIENTS``, not
+while draining, briefly held while the gateway is starting), and runs one
+session per admitted connection.  It knows sessions only as things to run,
+count, tell and disconnect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import socket
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+import trio
+
+from services.common.config import Settings
+from services.common.metrics import Metrics
+from services.gateway import protocol as p
+from services.gateway.proxy_protocol import ProxyProtocolError, is_trusted, read_proxy_header
+
+log = structlog.get_logger()
+
+PROXY_HEADER_TIMEOUT_S = 5.0
+FD_RESERVE = 64
+# A client arriving before the gateway could serve it for the first time (Redis
+# connected, subscriber up, predecessors settled) waits this long, not refused.
+STARTUP_HOLD_S = 5.0
+REFUSAL_TIMEOUT_S = 1.0
+
+
+class Runnable(Protocol):
+    """A session as the listener sees it."""
+
+    conn_id: str
+
+    async def run(self, leftover: bytes = b"") -> None: ...
+
+    def deliver(self, data: bytes) -> None: ...
+
+    def disconnect(self, reason: str) -> None: ...
+
+
+class Server:
+    """Listeners and admission.  Run :meth:`serve` with ``nursery.start``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        make_session: Callable[[trio.SocketStream, str], Runnable],
+        admitting: trio.Event,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.make_session = make_session
+        self.admitting = admitting  # set once the gateway can serve clients
+        self.sessions: set[Runnable] = set()
+        self.ports: list[int] = []
+        self.capacity = settings.max_clients
+        self.open_files = 0
+        self.draining = False
+        self._listen_scope = trio.CancelScope()
+        self._all_gone = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Listen; ``task_status.started`` gets the bound ports; serve until cancelled
+        or drained."""
+        self.open_files = raise_open_files_limit()
+        # Each client costs one descriptor; keep some for Redis, HTTP, logs.
+        self.capacity = max(0, min(self.settings.max_clients, self.open_files - FD_RESERVE))
+        if self.capacity < self.settings.max_clients:
+            log.warning("gateway.capacity_limited", max_clients=self.settings.max_clients,
+                        open_files=self.open_files, capacity=self.capacity)
+        listen = self.settings.listen
+        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host or None)
+        self.ports = [ln.socket.getsockname()[1] for ln in listeners]
+        task_status.started(self.ports)
+        with self._listen_scope:
+            await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        peer = _peer_name(stream)
+        _enable_keepalive(stream)
+        leftover = b""
+        if self.settings.proxy_protocol:
+            proxied = await self._read_proxy_header(stream, peer)
+            if proxied is None:
+                return
+            peer, leftover = proxied
+        if not self.admitting.is_set():
+            # Starting up: serve this client once we can, rather than refuse it.
+            with trio.move_on_after(STARTUP_HOLD_S):
+                await self.admitting.wait()
+        if len(self.sessions) >= self.capacity or self.draining:
+            reason = "gateway shutting down" if self.draining else "server full"
+            log.warning("client.refused", peer=peer, reason=reason)
+            with trio.move_on_after(REFUSAL_TIMEOUT_S):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(p.error(f"disconnected: {reason}; try again later"))
+            await trio.aclose_forcefully(stream)
+            return
+        session = self.make_session(stream, peer)
+        self.sessions.add(session)
+        self.metrics.connections.inc()
+        self.metrics.connections_total.inc()
+        try:
+            await session.run(leftover)
+        except Exception:
+            # One client's bug must not take the gateway down: log it once, with traceback.
+            log.exception("client.crashed", conn=session.conn_id, peer=peer)
+        finally:
+            self.sessions.discard(session)
+            self.metrics.connections.dec()
+            if self.draining and not self.sessions:
+                self._all_gone.set()
+
+    async def _read_proxy_header(
+        self, stream: trio.SocketStream, peer: str
+    ) -> tuple[str, bytes] | None:
+        """The real client address from a PROXY header, and the bytes after it;
+        ``None`` (connection closed, event logged) when it is untrusted or malformed."""
+        peer_ip = peer.rsplit(":", 1)[0].strip("[]")
+        if not is_trusted(peer_ip, self.settings.trusted_proxies):
+            log.warning("proxy.untrusted", peer=peer)
+            await trio.aclose_forcefully(stream)
+            return None
+        try:
+            header, leftover = await read_proxy_header(stream, PROXY_HEADER_TIMEOUT_S)
+        except ProxyProtocolError as exc:
+            log.warning("proxy.malformed", peer=peer, error=str(exc))
+            await trio.aclose_forcefully(stream)
+            return None
+        if header.source is None:  # LOCAL: a health check from the proxy itself
+            return peer, leftover
+        host, port = header.source
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), leftover
+
+    def tell_everyone(self, line: bytes) -> None:
+        for session in self.sessions:
+            session.deliver(line)
+
+    async def drain(self, reason: str) -> None:
+        """Stop accepting, disconnect every session with ``reason``, and wait until
+        all are gone (the caller bounds the wait)."""
+        self.draining = True
+        self._listen_scope.cancel()
+        for session in list(self.sessions):
+            session.disconnect(reason)
+        if self.sessions:
+            await self._all_gone.wait()
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        addr = stream.socket.getpeername()
+    except OSError:
+        return "unknown"
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _enable_keepalive(stream: trio.SocketStream) -> None:
+    try:
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+    except OSError:
+        pass
+
+
+def raise_open_files_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
