@@ -28,9 +28,14 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def fresh_redis() -> Iterator[RedisServer]:
-    """A redis-server of this test's own, for tests that kill or restart it."""
-    with RedisServer() as server:
+def fresh_redis(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for tests that kill or restart it.
+
+    Parametrize it indirectly with a dict of :class:`RedisServer` options (e.g.
+    ``{"appendonly": True}``) for another kind of server; by default, no persistence.
+    """
+    options: dict[str, Any] = getattr(request, "param", None) or {}
+    with RedisServer(**options) as server:
         yield server
 
 

@@ -26,11 +26,21 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """One redis-server process.  ``restart()`` keeps the port and starts empty."""
+    """One redis-server process.  ``restart()`` keeps the port and, by default,
+    starts empty.
 
-    def __init__(self, port: int | None = None, password: str | None = None) -> None:
+    With ``appendonly=True`` every write is in the append-only file, fsynced before
+    Redis replies (``--appendfsync always``), in ``dir``, which a restart keeps: a
+    SIGKILL then loses nothing that was acknowledged, and the restarted server
+    comes back with the data.
+    """
+
+    def __init__(
+        self, port: int | None = None, password: str | None = None, *, appendonly: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.password = password
+        self.appendonly = appendonly
         self.dir = tempfile.mkdtemp(prefix="chat-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -50,10 +60,12 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
             "--dir", self.dir,
             "--logfile", str(Path(self.dir) / "redis.log"),
         ]
+        if self.appendonly:
+            args += ["--appendfsync", "always"]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -69,7 +81,8 @@ class RedisServer:
                 time.sleep(0.02)
 
     def kill(self) -> None:
-        """SIGKILL: the data is gone (no persistence)."""
+        """SIGKILL: the data is gone, unless ``appendonly`` (then what Redis
+        acknowledged is on disk for the next start)."""
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
