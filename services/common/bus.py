@@ -222,8 +222,9 @@ return released
 """
 
 
-# Whether the publication with id ARGV[2] was published in room ARGV[1]'s log.
-# ARGV: prefix, room, id, deadline (unix ms), submitted (unix s, float).
+# Whether the publication with id ARGV[3] from gateway ARGV[6] is in room ARGV[2]'s
+# log (ids are unique per gateway process, so both must match).
+# ARGV: prefix, room, id, deadline (unix ms), submitted (unix s, float), gateway.
 # Returns -1 while Redis's clock has not passed the deadline (the command may
 # still run: ask again later), the publication's sequence number when it is in
 # the log, 0 when it is not and can no longer be, and -2 when the log no longer
@@ -235,9 +236,10 @@ if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) <= tonumber(ARGV[4]
 end
 local entries = redis.call('LRANGE', ARGV[1] .. 'room:' .. ARGV[2] .. ':log', 0, -1)
 local needle = '"i":"' .. ARGV[3] .. '"'
+local origin = '"g":"' .. ARGV[6] .. '"'
 for i = #entries, 1, -1 do
   local entry = entries[i]
-  if string.find(entry, needle, 1, true) then
+  if string.find(entry, needle, 1, true) and string.find(entry, origin, 1, true) then
     local seq = string.match(entry, '^%S+ (%d+) ')
     return tonumber(seq)
   end
@@ -459,7 +461,7 @@ class Bus:
         reply = int(
             await self._resolve(
                 self.redis, self.keys.prefix, uncertain.room, uncertain.pub_id,
-                uncertain.deadline_ms, uncertain.submitted,
+                uncertain.deadline_ms, uncertain.submitted, self.gateway_id,
             )
         )
         if reply > 0:

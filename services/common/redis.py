@@ -34,6 +34,7 @@ from services.common.config import RedisURL
 log = structlog.get_logger()
 
 RECEIVE_BYTES = 256 * 1024
+RECONNECT_CAP_S = 5.0  # the longest wait between two connection attempts
 
 
 class RedisError(Exception):
@@ -73,7 +74,7 @@ class Backoff:
     ceiling and the ceiling, which doubles per attempt up to ``cap_s``.
     :meth:`reset` after a success."""
 
-    def __init__(self, base_s: float = 0.1, cap_s: float = 5.0) -> None:
+    def __init__(self, base_s: float = 0.1, cap_s: float = RECONNECT_CAP_S) -> None:
         self.base_s = base_s
         self.cap_s = cap_s
         self.attempt = 0

@@ -30,7 +30,7 @@ from services.common.bus import Bus
 from services.common.config import Settings
 from services.common.keys import Keys
 from services.common.metrics import Metrics
-from services.common.redis import Backoff, RedisClient, RedisError, Subscriber
+from services.common.redis import RECONNECT_CAP_S, Backoff, RedisClient, RedisError, Subscriber
 from services.gateway import protocol as p
 from services.gateway.registry import Nicknames
 
@@ -219,9 +219,10 @@ class Membership:
                     if reclaim_pending:
                         reclaim_pending = not await self.reassert(announce=True)
                     # Right after (re)connecting, our view of the leases is not to be
-                    # trusted: after a Redis stall every lease looks expired until its
-                    # owner has had a chance to renew it.
-                    if trio.current_time() - self.redis.connected_at < self.settings.heartbeat_ttl_s:
+                    # trusted: after a Redis outage every lease looks expired until its
+                    # owner has reconnected (its backoff may be longer than the lease)
+                    # and renewed it.
+                    if trio.current_time() - self.redis.connected_at < self._reap_grace_s():
                         await trio.sleep(self.settings.heartbeat_interval_s)
                         continue
                     for dead in await self.bus.dead_gateways():
@@ -231,6 +232,13 @@ class Membership:
                 except RedisError as exc:
                     log.warning("heartbeat.failed", error=str(exc))
             await trio.sleep(self.settings.heartbeat_interval_s)
+
+    def _reap_grace_s(self) -> float:
+        """How long after (re)connecting before leases are judged: a lease's
+        lifetime, or long enough for every live gateway to have reconnected
+        (its longest backoff plus a connect) and renewed, whichever is longer."""
+        reconnect = RECONNECT_CAP_S + 2 * self.settings.redis_timeout_s
+        return max(self.settings.heartbeat_ttl_s, reconnect + self.settings.heartbeat_interval_s)
 
     # -- canary ---------------------------------------------------------------------
     async def canary_loop(self) -> None:

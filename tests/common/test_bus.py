@@ -131,3 +131,21 @@ async def test_forced_reap_releases_a_predecessor_whose_lease_is_still_alive(
         assert not rc.hexists(f"{p}room:{room}:members", "alice")
         last = json.loads(rc.lrange(f"{p}room:{room}:log", -1, -1)[0].split(b" ", 3)[3])
         assert (last["k"], last["n"], last["x"]) == ("leave", "Alice", "gateway lost")
+
+
+async def test_resolve_matches_the_id_and_the_origin_gateway(
+    redis_server: RedisServer, rc: redis.Redis, key_prefix: str
+) -> None:
+    """Ids count per gateway process: another gateway's line with the same id is not
+    ours (that mix-up once made a lost line look published)."""
+    mine, other = await _bus(redis_server, key_prefix, "a~1"), await _bus(redis_server, key_prefix, "b~2")
+    async with trio.open_nursery() as nursery:
+        for _, client in (mine, other):
+            await nursery.start(client.run)
+            await client.wait_connected()
+        await other[0].publish("#r", "msg", "bob", "id 1 of b~2")
+        now = time.time()
+        lost = PublishUncertain("lost", "#r", "1", int(now * 1000) - 1, now - 1)
+        assert await mine[0].resolve(lost) == (Resolution.NOT_PUBLISHED, 0)
+        assert (await other[0].resolve(lost))[0] is Resolution.PUBLISHED
+        nursery.cancel_scope.cancel()
