@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from services.common.names import validate_room
+
 
 class ConfigError(Exception):
     """Configuration that cannot be used; the message is one line for the operator."""
@@ -142,8 +144,6 @@ def parse_log_level(raw: str) -> str:
 
 
 def parse_room(raw: str) -> str:
-    from services.gateway.protocol import validate_room  # local: protocol owns the rules
-
     problem = validate_room(raw)
     if problem:
         raise ValueError(problem)
