@@ -109,5 +109,5 @@ class GatewayProcess:
 
     def cleanup(self) -> None:
         self.kill()
-        if not os.environ.get("CHAT_TEST_KEEP_LOGS"):
+        if not os.environ.get("KEEP_GATEWAY_LOGS"):
             self.log_path.unlink(missing_ok=True)
