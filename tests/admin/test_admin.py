@@ -190,3 +190,35 @@ def test_unreachable_redis_is_a_clear_error(capsys: pytest.CaptureFixture[str]) 
     err = capsys.readouterr().err
     assert code == 1
     assert f"cannot talk to Redis at redis://127.0.0.1:{port}/0" in err
+
+
+def test_settings_come_from_flags_then_chat_variables() -> None:
+    from services.admin.cli import build_parser, read_settings
+
+    env = {"CHAT_REDIS_URL": "redis://env:1/2", "CHAT_KEY_PREFIX": "env:", "CHAT_MAX_CLIENTS": "0"}
+    settings = read_settings(build_parser().parse_args(["who"]), env)
+    assert (str(settings.redis_url), settings.key_prefix) == ("redis://env:1/2", "env:")
+    argv = ["--redis-url", "redis://flag:3/0", "--key-prefix", "", "who"]
+    settings = read_settings(build_parser().parse_args(argv), env)
+    assert (str(settings.redis_url), settings.key_prefix) == ("redis://flag:3/0", "")
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "message"),
+    [
+        ({"CHAT_REDIS_ULR": "x"}, [], "unknown variable CHAT_REDIS_ULR (did you mean CHAT_REDIS_URL?)"),
+        ({}, ["--redis-url", "http://x"], "invalid --redis-url: expected redis://host:port/db"),
+        ({"CHAT_KEY_PREFIX": "a b"}, [], "invalid CHAT_KEY_PREFIX"),
+    ],
+)
+def test_bad_configuration_exits_2_with_one_line(
+    env: dict[str, str], argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main([*argv, "who"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"chat-admin: error: {message}")
+    assert len(captured.err.splitlines()) == 1
