@@ -276,11 +276,13 @@ class Process:
         timeout_s: float = 15.0,
         *,
         interrupt: threading.Event | None = None,
+        on_kill: Callable[[], None] | None = None,
     ) -> int | None:
         """Signal the group, wait up to ``timeout_s`` (less once ``interrupt`` is set),
         then ``SIGKILL`` the group; returns the exit status (``None`` if even that
         did not end it).  Whatever the child left in its group is killed too.
-        Only the first call signals anything."""
+        ``on_kill`` is called just before the SIGKILL of a child that outlived its
+        deadline.  Only the first call signals anything."""
         if self._stopped:
             return self.returncode
         self._stopped = True
@@ -295,6 +297,8 @@ class Process:
                 self.popen.wait(timeout=min(left, 0.05))
         if self.running():
             self.killed = True
+            if on_kill is not None:
+                on_kill()
         self.send_signal(signal.SIGKILL)  # the late leader, or what it left in its group
         try:
             return self.popen.wait(timeout=KILL_WAIT_S)

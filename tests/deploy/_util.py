@@ -54,7 +54,7 @@ def wait_until(
 
 
 def redis_server_binary() -> str | None:
-    from services.cluster import find_redis_server
+    from services.cluster.redis_server import find_redis_server
 
     return find_redis_server()
 
