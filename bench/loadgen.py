@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import ctypes
 import errno
 import os
 import re
@@ -54,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.protocols import Dialect, HandshakeError, dialect_for
+from services.common.processes import die_with_parent
 
 _REPO = Path(__file__).resolve().parent.parent
 _WORKER_BOOT = "import bench.loadgen as m; m.worker_entry()"
@@ -227,15 +227,6 @@ def raise_nofile_limit() -> int:
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Ask Linux to send ``sig`` to this process when its parent dies (``PR_SET_PDEATHSIG``)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(sig), 0, 0, 0)  # 1 == PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class Worker:

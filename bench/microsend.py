@@ -2,12 +2,13 @@
 
 Both deliver one 64-byte line to each of N TCP-loopback connections:
 
-* ``trio writer task``: the gateway's current path.  Fan-out appends to the
+* ``trio writer task``: the gateway's first write path.  Fan-out appends to the
   client's queue and wakes the client's writer task (a ``ParkingLot``), which
   then calls ``SocketStream.send_all``: one task switch per client per wake.
 * ``direct send``: a non-blocking ``socket.send`` called from the fan-out loop
-  itself, no task switch (what ``/work/shared/DESIGN.md`` asks for when the
-  socket can take the bytes at once).
+  itself, no task switch.  This is what the gateway does now whenever the
+  socket can take the bytes at once; only what it cannot take waits for a
+  writer task (``docs/BENCHMARKS.md`` tells how the figures led there).
 
 It prints CPU microseconds per delivery (user + system, from ``getrusage``).
 """

@@ -4,12 +4,14 @@ Two dialects are benchmarked with the same workload:
 
 * ``chat``: this project's line protocol (``docs/PROTOCOL.md``): read the
   greeting and the ``?? `` prompt, send the nickname, wait for ``== welcome``
-  and then for the client's own ``#lobby -- NICK joined the chat!``: the gateway
-  sends the welcome *before* it has joined the room in Redis, and when that join
-  fails (``!! chat is unavailable ...``) it asks for the nickname again, so only
-  the own join line proves membership.  Such a retry is counted.  Chat lines then
-  arrive as ``#lobby <nick> TEXT``.  A sender sees its own line (the server
-  echoes through Redis), so each message is owed to all N clients.
+  and then for the client's own ``#lobby -- NICK joined the chat!``.  The
+  gateway sends the welcome once the client has joined the room in Redis, then
+  the room's history, then publishes the join; the own join line coming back
+  through Redis marks the point from which every message is owed to the client
+  live.  When the join fails (``!! chat is unavailable ...``, before any
+  welcome) the gateway asks for the nickname again; such a retry is counted.
+  Chat lines arrive as ``#lobby <nick> TEXT``.  A sender sees its own line (the
+  server echoes through Redis), so each message is owed to all N clients.
 * ``irc``: RFC 2812 as spoken by ngircd: ``NICK``/``USER``, wait for ``001``,
   ``JOIN`` one channel, wait for the end of ``NAMES`` (``366``); messages are
   ``PRIVMSG #channel :TEXT``.  IRC does not echo a message to its sender, so each

@@ -1,11 +1,13 @@
 """Start and stop the servers under test: Redis plus our gateways, or ngircd.
 
-Every process is started on a free 127.0.0.1 port, in its own session (so a
-terminal's Ctrl-C reaches only the runner, which then stops it in order) and
-with ``PR_SET_PDEATHSIG`` (so it dies if the runner is killed outright).  A
-:class:`Cluster` is a context manager: leaving it, normally or by an
-exception, terminates every process it started (SIGTERM, then SIGKILL after a
-grace period) and leaves none behind.
+Every process is a :class:`services.common.processes.Process` on a free
+127.0.0.1 port: in its own session (so a terminal's Ctrl-C reaches only the
+runner, which then stops it in order), with ``PR_SET_PDEATHSIG`` (so it dies if
+the runner is killed outright), writing its output straight into a log file in
+the run's directory (no pipe that a busy runner could let fill up).  A
+:class:`Cluster` is a context manager: leaving it, normally or by an exception,
+terminates every process it started (SIGTERM, then SIGKILL after a grace
+period) and leaves none behind.
 """
 
 from __future__ import annotations
@@ -13,85 +15,41 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.loadgen import die_with_parent
 from bench.procstat import total_cpu, total_rss, total_system
+from services.cluster.redis_server import find_redis_server, redis_server_command
+from services.common.probes import free_port, redis_ping
+from services.common.processes import Process, ProcessExited, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 NGIRCD = "/usr/sbin/ngircd"
+STOP_GRACE_S = 5.0
 
 
 class ServerError(Exception):
     """A server did not start or stopped early; the message includes its log's tail."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def check_alive(proc: Process) -> None:
+    """Raise :class:`ServerError` if the process has exited."""
+    if not proc.running():
+        raise ServerError(f"{proc.name} exited with status {proc.returncode}:\n{proc.tail(20)}")
 
 
-def _preexec() -> None:
-    die_with_parent(signal.SIGTERM)
-
-
-@dataclass
-class Managed:
-    """One child process and its log file."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def tail(self, n: int = 20) -> str:
-        try:
-            lines = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
-
-    def check_alive(self) -> None:
-        """Raise :class:`ServerError` if the process has exited."""
-        if self.proc.poll() is not None:
-            raise ServerError(f"{self.name} exited with status {self.proc.returncode}:\n{self.tail()}")
-
-    def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM, wait up to ``grace_s``, then SIGKILL; always reaps the process."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                self.proc.wait(5.0)
-
-
-def _wait_until(check: Callable[[], bool], proc: Managed, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        proc.check_alive()
-        if check():
-            return
-        if time.monotonic() > deadline:
-            raise ServerError(f"{what} not ready after {timeout_s:.0f}s:\n{proc.tail()}")
-        time.sleep(0.05)
+def _wait_until(check: Callable[[], bool], proc: Process, timeout_s: float, what: str) -> None:
+    try:
+        wait_until(check, timeout_s, what, process=proc)
+    except ProcessExited as exc:
+        raise ServerError(str(exc)) from None
+    except TimeoutError:
+        raise ServerError(f"{what} not ready after {timeout_s:.0f}s:\n{proc.tail(20)}") from None
 
 
 def _probe(port: int, send: bytes, expect: bytes, timeout_s: float = 1.0) -> bool:
@@ -122,7 +80,7 @@ class Cluster:
     system: str
     workdir: Path
     targets: list[tuple[str, int]] = field(default_factory=list)
-    roles: dict[str, list[Managed]] = field(default_factory=dict)
+    roles: dict[str, list[Process]] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -133,23 +91,18 @@ class Cluster:
         argv: list[str],
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
-    ) -> Managed:
-        log = self.workdir / f"{name}.log"
-        with open(log, "wb") as logf:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd or self.workdir,
-                start_new_session=True,
-                preexec_fn=_preexec,
-            )
-        m = Managed(name, proc, log)
-        self.roles.setdefault(role, []).append(m)
-        self._stack.callback(m.stop)
-        return m
+    ) -> Process:
+        proc = Process(
+            name,
+            argv,
+            env=env,
+            cwd=cwd or self.workdir,
+            log_path=self.workdir / f"{name}.log",
+            parent_death_signal=signal.SIGTERM,
+        )
+        self.roles.setdefault(role, []).append(proc)
+        self._stack.callback(proc.stop, signal.SIGTERM, STOP_GRACE_S)
+        return proc
 
     def pids(self, role: str) -> list[int]:
         return [m.pid for m in self.roles.get(role, [])]
@@ -168,8 +121,8 @@ class Cluster:
 
     def check_alive(self) -> None:
         for procs in self.roles.values():
-            for m in procs:
-                m.check_alive()
+            for proc in procs:
+                check_alive(proc)
 
     def close(self) -> None:
         self._stack.close()
@@ -197,28 +150,10 @@ def start_ours(
     cluster = Cluster("ours", workdir)
     try:
         rport = free_port()
-        redis = cluster._spawn(
-            "redis",
-            "redis",
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(rport),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-                "--maxclients",
-                "10000",
-            ],
-        )
-        _wait_until(lambda: _probe(rport, b"PING\r\n", b"+PONG"), redis, 10, "redis-server")
+        redis_bin = find_redis_server() or "redis-server"
+        command = redis_server_command(redis_bin, rport, loglevel="warning", extra=["--maxclients", "10000"])
+        redis = cluster._spawn("redis", "redis", command)
+        _wait_until(lambda: redis_ping(rport), redis, 10, "redis-server")
         max_clients = clients_per_gateway + 100
         env_common = {
             "CHAT_REDIS_URL": f"redis://127.0.0.1:{rport}/0",
@@ -234,7 +169,7 @@ def start_ours(
             "redis": f"redis-server on 127.0.0.1:{rport} (--save '' --appendonly no)",
             "gateway_env": dict(env_common),
         }
-        pending: list[tuple[Managed, int]] = []
+        pending: list[tuple[Process, int]] = []
         for g in range(gateways):
             port = free_port()
             env = dict(os.environ)

@@ -16,6 +16,10 @@ from services.gateway.gateway import Gateway
 from tests.support.chat_client import ChatClient
 from tests.support.gateway_process import GatewayProcess
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until, wait_until_sync
+
+# Tests import these from here too; they live in tests/support/waiting.py.
+__all__ = ["StartGateway", "make_settings", "wait_until", "wait_until_sync"]
 
 _prefixes = itertools.count(1)
 
@@ -68,20 +72,6 @@ def make_settings(redis_url: str, key_prefix: str, **overrides: Any) -> Settings
 
 
 StartGateway = Callable[..., Awaitable[Gateway]]
-
-
-async def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
-
-
-async def wait_until_sync(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    """Like :func:`wait_until` for blocking predicates (redis-py), run in a thread."""
-    with trio.fail_after(timeout):
-        while not await trio.to_thread.run_sync(predicate):
-            await trio.sleep(0.02)
 
 
 @pytest.fixture

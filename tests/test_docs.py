@@ -2,7 +2,8 @@
 
 - every log event the services emit is described in docs/OPERATIONS.md;
 - every ``CHAT_*`` setting is in README.md;
-- every slash command is in docs/PROTOCOL.md and in the ``/help`` text.
+- every slash command is in docs/PROTOCOL.md and in the ``/help`` text;
+- every folder and module README.md's layout table names exists.
 
 Event names are found with :mod:`ast`, not by importing anything, so an event
 added anywhere under ``services/`` fails this test until it is documented.
@@ -136,3 +137,30 @@ def test_every_command_is_in_protocol_doc_and_help(name: str) -> None:
     mention = re.compile(rf"(?<![\w/])/{re.escape(name)}\b")
     assert mention.search(PROTOCOL.read_text(encoding="utf-8")), f"/{name} missing from docs/PROTOCOL.md"
     assert any(mention.search(line) for line in protocol.HELP_LINES), f"/{name} missing from HELP_LINES"
+
+
+def _layout_rows() -> list[tuple[str, list[str]]]:
+    """``(folder, [module.py, ...])`` for each row of README.md's layout table."""
+    text = README.read_text(encoding="utf-8")
+    table = text[text.index("## Layout") :]
+    rows = []
+    for line in table.splitlines():
+        cells = line.split("|")
+        if len(cells) < 3 or not cells[1].strip().startswith("`"):
+            continue
+        folder = cells[1].strip().split("`")[1]
+        rows.append((folder, re.findall(r"`([a-z_]+\.py)`", cells[2])))
+    return rows
+
+
+def test_the_readme_layout_names_real_folders_and_modules() -> None:
+    rows = _layout_rows()
+    assert ("services/admin/", ["commands.py", "render.py", "cli.py"]) in rows  # guards the parser
+    missing = [
+        f"{folder}{module}"
+        for folder, modules in rows
+        for module in modules
+        if folder.endswith("/") and not (REPO / folder / module).is_file()
+    ]
+    missing += [folder for folder, _ in rows if folder.endswith("/") and not (REPO / folder).is_dir()]
+    assert not missing, f"README.md's layout table names what does not exist: {missing}"

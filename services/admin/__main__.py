@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.admin import main
+from services.admin.cli import main
 
 __all__ = ["main"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.cluster import main
+from services.cluster.cli import main
 
 __all__ = ["main"]
 

@@ -1,24 +1,31 @@
-"""Gateway configuration: command-line flags with ``CHAT_*`` environment defaults.
+"""Configuration: command-line flags with ``CHAT_*`` environment defaults.
 
 Every setting has a flag (``--redis-url``) and an environment variable
 (``CHAT_REDIS_URL``); the flag wins.  Durations end in ``_s`` and accept ``inf``
 (or ``off``) to switch a timeout off.  Invalid configuration raises
 :class:`ConfigError` with one human-readable line; the entry point prints it and
-exits with status 2.
+exits with status 2.  So does a ``CHAT_*`` variable that no setting knows (a typo
+such as ``CHAT_REDIS_ULR`` would otherwise be ignored in silence).
+
+The gateway reads every setting (:func:`load_settings`); the admin tool and the
+local cluster read the few they use with :func:`given_settings`.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import re
 import secrets
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from services.common.names import validate_room
 
 
 class ConfigError(Exception):
@@ -142,8 +149,6 @@ def parse_log_level(raw: str) -> str:
 
 
 def parse_room(raw: str) -> str:
-    from services.gateway.protocol import validate_room  # local: protocol owns the rules
-
     problem = validate_room(raw)
     if problem:
         raise ValueError(problem)
@@ -313,8 +318,11 @@ class Settings:
             raise ConfigError("flood_rate must be positive")
 
 
+ENV_PREFIX = "CHAT_"
+
+
 def env_name(name: str) -> str:
-    return "CHAT_" + name.upper()
+    return ENV_PREFIX + name.upper()
 
 
 def flag_name(name: str) -> str:
@@ -354,9 +362,33 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(list(argv) if argv is not None else None)
+    return Settings(**given_settings(environ, vars(args)))
+
+
+def given_settings(
+    environ: Mapping[str, str],
+    flags: Mapping[str, str | None] | None = None,
+    *,
+    only: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """The settings given as flags or ``CHAT_*`` variables, parsed, by setting name.
+
+    ``flags`` maps setting names to raw flag values (``None``: not given); a flag
+    wins over its variable.  With ``only``, the other settings are neither read
+    nor checked: they are left to the program that uses them.  Pass the result
+    to :class:`Settings` for the defaults of the rest.
+
+    Raises :class:`ConfigError` naming a ``CHAT_*`` variable that no setting
+    knows (with the closest known name when there is one), or the flag or
+    variable whose value is invalid.
+    """
+    check_variable_names(environ)
+    flags = flags or {}
     values: dict[str, Any] = {}
     for f in fields(Settings):
-        raw = getattr(args, f.name)
+        if only is not None and f.name not in only:
+            continue
+        raw = flags.get(f.name)
         source = flag_name(f.name)
         if raw is None and env_name(f.name) in environ:
             raw = environ[env_name(f.name)]
@@ -367,4 +399,25 @@ def load_settings(
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
             raise ConfigError(f"invalid {source}: {exc}") from None
-    return Settings(**values)
+    return values
+
+
+def check_variable_names(environ: Mapping[str, str]) -> None:
+    """Raise :class:`ConfigError` naming every ``CHAT_*`` variable no setting knows."""
+    known = {env_name(f.name) for f in fields(Settings)}
+    unknown = sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
+    if not unknown:
+        return
+    described = []
+    for name in unknown:
+        guess = _closest(name, known)
+        described.append(f"{name} (did you mean {guess}?)" if guess else name)
+    what = "variable" if len(unknown) == 1 else "variables"
+    raise ConfigError(f"unknown {what} {', '.join(described)}")
+
+
+def _closest(name: str, known: Collection[str]) -> str | None:
+    # Compared without the shared prefix, which would make every name look alike.
+    suffixes = {k[len(ENV_PREFIX) :]: k for k in known}
+    matches = difflib.get_close_matches(name[len(ENV_PREFIX) :], list(suffixes), n=1, cutoff=0.7)
+    return suffixes[matches[0]] if matches else None

@@ -9,6 +9,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# Name rules live in services.common (configuration and the admin tool use them
+# too); re-exported here for the gateway's modules.
+from services.common.names import NICK_MAX as NICK_MAX
+from services.common.names import ROOM_MAX as ROOM_MAX
+from services.common.names import fold_nick as fold_nick
+from services.common.names import normalize_room as normalize_room
+from services.common.names import validate_nick as validate_nick
+from services.common.names import validate_room as validate_room
+
 # -- framing ----------------------------------------------------------------
 
 
@@ -98,50 +107,6 @@ def decode_line(raw: bytes) -> Line | BadLine | None:
     if not text:
         return None
     return Line(text)
-
-
-# -- names --------------------------------------------------------------------
-
-NICK_MAX = 32
-_NICK_CHARS = re.compile(r"[A-Za-z0-9_\-\[\]{}\\|^]+")
-
-ROOM_MAX = 32
-_ROOM = re.compile(r"#[a-z0-9_.\-]{1,32}")
-
-
-def validate_nick(nick: str) -> str | None:
-    """The reason ``nick`` is not a valid nickname, or ``None`` when it is."""
-    if not nick:
-        return "a nickname needs at least 1 character"
-    if len(nick) > NICK_MAX:
-        return f"a nickname has at most {NICK_MAX} characters"
-    if not _NICK_CHARS.fullmatch(nick):
-        return "use only letters A-Z, digits and _ - [ ] { } \\ | ^"
-    if nick[0].isdigit() or nick[0] == "-":
-        return "a nickname cannot start with a digit or -"
-    return None
-
-
-def fold_nick(nick: str) -> str:
-    """The case-insensitive identity of a nickname (ASCII only, so ``lower`` is exact)."""
-    return nick.lower()
-
-
-def validate_room(room: str) -> str | None:
-    """The reason ``room`` is not a valid room name, or ``None``.
-
-    Rooms are ``#`` followed by 1-32 of lower-case ``a-z 0-9 _ . -``; callers
-    lower-case user input first (see :func:`normalize_room`).
-    """
-    if not _ROOM.fullmatch(room):
-        return "a room is # followed by 1-32 of a-z 0-9 _ . -"
-    return None
-
-
-def normalize_room(raw: str) -> str:
-    """User input to a room name: lower-cased, ``#`` added when missing."""
-    raw = raw.strip().lower()
-    return raw if raw.startswith("#") else "#" + raw
 
 
 # -- commands -----------------------------------------------------------------

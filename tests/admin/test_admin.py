@@ -18,25 +18,20 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.admin import main
-from tests.deploy._util import (
-    REPO,
-    LineClient,
-    Proc,
-    connect_client,
-    free_ports,
-    redis_server,
-    redis_server_binary,
-    start_gateway,
-    wait_until,
-)
+from services.cluster.redis_server import find_redis_server
+from services.common.probes import free_ports
+from services.common.processes import wait_until
+from tests.support.gateway_process import GatewayProcess
+from tests.support.line_client import LineClient, connect_client
+from tests.support.processes import REPO
+from tests.support.redis_server import RedisServer
 
-pytestmark = pytest.mark.skipif(redis_server_binary() is None, reason="no redis-server binary")
+pytestmark = pytest.mark.skipif(find_redis_server() is None, reason="no redis-server binary")
 
 PREFIX = "adm:"
 SETTINGS = {
@@ -51,7 +46,7 @@ SETTINGS = {
 @dataclass
 class Cluster:
     redis_url: str
-    gateways: dict[str, tuple[Proc, int]]  # id -> (process, chat port)
+    gateways: dict[str, GatewayProcess]
 
     def admin(self, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
         code = main(["--redis-url", self.redis_url, "--key-prefix", PREFIX, *argv])
@@ -64,23 +59,22 @@ class Cluster:
         return json.loads(out)
 
     def client(self, gateway: str, nick: str, stack: ExitStack) -> LineClient:
-        client = stack.enter_context(connect_client(self.gateways[gateway][1]))
+        client = stack.enter_context(connect_client(self.gateways[gateway].port))
         client.login(nick)
         return client
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def cluster() -> Iterator[Cluster]:
     with ExitStack() as stack:
-        url = stack.enter_context(redis_server(tmp_path))
+        redis = stack.enter_context(RedisServer())
         gateways = {}
         for gw in ("adm1", "adm2"):
-            port, http_port = free_ports(2)
-            proc = stack.enter_context(start_gateway(gw, port, http_port, url, **SETTINGS))
-            gateways[gw] = (proc, port)
-        yield Cluster(url, gateways)
-        for proc, _ in gateways.values():  # shown if the test failed
-            print(proc.tail(100))
+            gateway = stack.enter_context(GatewayProcess(redis.url, gw, http_port=0, **SETTINGS))
+            gateways[gw] = gateway.start(20)
+        yield Cluster(redis.url, gateways)
+        for gateway in gateways.values():  # shown if the test failed
+            print(gateway.tail(100))
 
 
 def test_who_and_gateways_list_the_cluster(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,12 +101,12 @@ def test_who_and_gateways_list_the_cluster(cluster: Cluster, capsys: pytest.Capt
             return states if got == {"adm1": (2, 2), "adm2": (1, 1)} else None
 
         states = wait_until(counts, 10, "client counts 2 and 1 in the heartbeats")
-        for gw, (proc, port) in cluster.gateways.items():
+        for gw, gateway in cluster.gateways.items():
             state = states[gw]
             assert state["alive"] is True
             assert state["heartbeat_age_s"] is not None and state["heartbeat_age_s"] < 3
-            assert state["listen"] == f"127.0.0.1:{port}"
-            assert state["pid"] == proc.pid
+            assert state["listen"] == f"127.0.0.1:{gateway.port}"
+            assert state["pid"] == gateway.pid
         code, out, _ = cluster.admin(capsys, "gateways")
         assert code == 0
         assert out.splitlines()[0].split()[:5] == ["GATEWAY", "STATE", "HEARTBEAT", "CLIENTS", "NICKS"]
@@ -190,3 +184,35 @@ def test_unreachable_redis_is_a_clear_error(capsys: pytest.CaptureFixture[str]) 
     err = capsys.readouterr().err
     assert code == 1
     assert f"cannot talk to Redis at redis://127.0.0.1:{port}/0" in err
+
+
+def test_settings_come_from_flags_then_chat_variables() -> None:
+    from services.admin.cli import build_parser, read_settings
+
+    env = {"CHAT_REDIS_URL": "redis://env:1/2", "CHAT_KEY_PREFIX": "env:", "CHAT_MAX_CLIENTS": "0"}
+    settings = read_settings(build_parser().parse_args(["who"]), env)
+    assert (str(settings.redis_url), settings.key_prefix) == ("redis://env:1/2", "env:")
+    argv = ["--redis-url", "redis://flag:3/0", "--key-prefix", "", "who"]
+    settings = read_settings(build_parser().parse_args(argv), env)
+    assert (str(settings.redis_url), settings.key_prefix) == ("redis://flag:3/0", "")
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "message"),
+    [
+        ({"CHAT_REDIS_ULR": "x"}, [], "unknown variable CHAT_REDIS_ULR (did you mean CHAT_REDIS_URL?)"),
+        ({}, ["--redis-url", "http://x"], "invalid --redis-url: expected redis://host:port/db"),
+        ({"CHAT_KEY_PREFIX": "a b"}, [], "invalid CHAT_KEY_PREFIX"),
+    ],
+)
+def test_bad_configuration_exits_2_with_one_line(
+    env: dict[str, str], argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main([*argv, "who"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"chat-admin: error: {message}")
+    assert len(captured.err.splitlines()) == 1

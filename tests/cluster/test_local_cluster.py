@@ -13,19 +13,14 @@ import sys
 
 import pytest
 
-from tests.deploy._util import (
-    Proc,
-    children_of,
-    connect_client,
-    free_ports,
-    group_members,
-    haproxy_binary,
-    process_gone,
-    redis_server_binary,
-    wait_until,
-)
+from services.cluster.redis_server import find_redis_server
+from services.common.probes import free_ports
+from services.common.processes import Process, wait_until
+from tests.support.haproxy import haproxy_binary
+from tests.support.line_client import connect_client
+from tests.support.processes import REPO, children_of, group_members, process_gone
 
-pytestmark = pytest.mark.skipif(redis_server_binary() is None, reason="no redis-server binary to start")
+pytestmark = pytest.mark.skipif(find_redis_server() is None, reason="no redis-server binary to start")
 
 
 def cluster_argv(ports: list[int], *extra: str) -> list[str]:
@@ -46,7 +41,7 @@ def cluster_env() -> dict[str, str]:
     return env
 
 
-def stop_and_check_gone(proc: Proc, pids: dict[str, int], sig: signal.Signals = signal.SIGINT) -> None:
+def stop_and_check_gone(proc: Process, pids: dict[str, int], sig: signal.Signals = signal.SIGINT) -> None:
     """Ctrl-C (SIGINT to the foreground process group) or SIGTERM: the cluster must
     exit 0 leaving no process behind."""
     direct = children_of(proc.pid)
@@ -66,7 +61,7 @@ def stop_and_check_gone(proc: Proc, pids: dict[str, int], sig: signal.Signals = 
 @pytest.mark.skipif(haproxy_binary() is None, reason="haproxy is not installed")
 def test_cluster_behind_haproxy_chats_and_stops_cleanly() -> None:
     ports = free_ports(8)
-    with Proc("cluster", cluster_argv(ports), cluster_env()) as proc:
+    with Process("cluster", cluster_argv(ports), env=cluster_env(), cwd=REPO) as proc:
         ready = proc.wait_for_record(lambda r: r.get("event") == "cluster.ready", 60, "cluster.ready")
         assert ready["connect"] == [f"nc localhost {ports[0]}"]
         assert set(ready["pids"]) == {"redis", "gw1", "gw2", "gw3", "haproxy"}
@@ -94,7 +89,7 @@ def test_cluster_behind_haproxy_chats_and_stops_cleanly() -> None:
 
 def test_cluster_without_haproxy_prints_gateway_ports() -> None:
     ports = free_ports(8)
-    with Proc("cluster", cluster_argv(ports, "--no-haproxy"), cluster_env()) as proc:
+    with Process("cluster", cluster_argv(ports, "--no-haproxy"), env=cluster_env(), cwd=REPO) as proc:
         ready = proc.wait_for_record(lambda r: r.get("event") == "cluster.ready", 60, "cluster.ready")
         assert ready["haproxy"] is None
         assert ready["connect"] == [f"nc localhost {port}" for port in ports[1:4]]
@@ -109,7 +104,7 @@ def test_a_gateway_failing_at_start_up_stops_everything() -> None:
     ports = free_ports(8)
     env = cluster_env()
     env["CHAT_MAX_CLIENTS"] = "0"  # the gateway rejects it and exits with status 2
-    with Proc("cluster", cluster_argv(ports, "--no-haproxy"), env) as proc:
+    with Process("cluster", cluster_argv(ports, "--no-haproxy"), env=env, cwd=REPO) as proc:
         code = proc.wait(timeout_s=60)
         proc.close()
         assert code == 1, proc.tail()
@@ -131,7 +126,7 @@ def test_cluster_refuses_a_busy_port() -> None:
         port = busy.getsockname()[1]
         ports = free_ports(8)
         ports[1] = port
-        with Proc("cluster", cluster_argv(ports), cluster_env()) as proc:
+        with Process("cluster", cluster_argv(ports), env=cluster_env(), cwd=REPO) as proc:
             code = proc.wait(timeout_s=30)
             proc.close()
             assert code == 2
@@ -141,7 +136,7 @@ def test_cluster_refuses_a_busy_port() -> None:
 def test_console_format_prefixes_lines() -> None:
     ports = free_ports(8)
     argv = cluster_argv(ports, "--no-haproxy", "--log-format", "console")
-    with Proc("cluster", argv, cluster_env()) as proc:
+    with Process("cluster", argv, env=cluster_env(), cwd=REPO) as proc:
         proc.wait_for_line(lambda line: "connect:   nc localhost" in line, 60, "the banner")
         wait_until(lambda: any(line.startswith("gw1     |") for line in proc.lines), 10, "gw1 lines")
         proc.send_signal(signal.SIGHUP)  # the terminal closed

@@ -15,6 +15,7 @@ from services.common.config import (
     RedisURL,
     Settings,
     env_name,
+    given_settings,
     load_settings,
 )
 
@@ -83,6 +84,39 @@ def test_invalid_values_raise_one_line_errors(env: dict[str, str], needle: str) 
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"CHAT_REDIS_ULR": "redis://x"}, "unknown variable CHAT_REDIS_ULR (did you mean CHAT_REDIS_URL?)"),
+        ({"CHAT_MAX_CLIENT": "5"}, "unknown variable CHAT_MAX_CLIENT (did you mean CHAT_MAX_CLIENTS?)"),
+        ({"CHAT_FOO": "1"}, "unknown variable CHAT_FOO"),
+        (
+            {"CHAT_LISTN": "x", "CHAT_FOO": "1", "CHAT_LISTEN": "127.0.0.1:1"},
+            "unknown variables CHAT_FOO, CHAT_LISTN (did you mean CHAT_LISTEN?)",
+        ),
+    ],
+)
+def test_unknown_chat_variables_are_reported(env: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings([], env)
+    assert str(info.value) == expected
+
+
+def test_other_variables_are_ignored() -> None:
+    load_settings([], {"CHATTY": "1", "chat_redis_ulr": "x", "REDIS_URL": "x", "PATH": "/bin"})
+
+
+def test_given_settings_reads_only_what_it_is_asked_for() -> None:
+    env = {"CHAT_KEY_PREFIX": "p:", "CHAT_MAX_CLIENTS": "0", "CHAT_REDIS_URL": "redis://r:1/2"}
+    given = given_settings(env, {"redis_url": "redis://flag:2/0", "key_prefix": None},
+                           only=("redis_url", "key_prefix"))
+    assert given == {"redis_url": RedisURL("flag", 2, 0), "key_prefix": "p:"}
+    with pytest.raises(ConfigError, match="CHAT_MAX_CLIENTS"):
+        given_settings(env)
+    with pytest.raises(ConfigError, match="CHAT_REDIS_ULR"):
+        given_settings({"CHAT_REDIS_ULR": "x"}, only=("key_prefix",))
+
+
 def test_every_setting_has_a_flag_and_env_var_in_help() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "services.gateway", "--help"], capture_output=True, text=True,
@@ -95,7 +129,12 @@ def test_every_setting_has_a_flag_and_env_var_in_help() -> None:
 
 @pytest.mark.parametrize(
     ("args", "env"),
-    [(["--listen", "bogus"], {}), ([], {"CHAT_LOG_LEVEL": "loud"}), (["--no-such-flag"], {})],
+    [
+        (["--listen", "bogus"], {}),
+        ([], {"CHAT_LOG_LEVEL": "loud"}),
+        (["--no-such-flag"], {}),
+        ([], {"CHAT_REDIS_ULR": "redis://127.0.0.1:6379/0"}),
+    ],
 )
 def test_invalid_configuration_exits_2_with_one_line(args: list[str], env: dict[str, str]) -> None:
     import os

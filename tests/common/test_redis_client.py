@@ -14,8 +14,8 @@ from services.common.redis import (
     RedisUnavailable,
     Subscriber,
 )
-from tests.conftest import wait_until
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_until
 
 
 async def test_pipelined_commands_from_many_tasks_get_their_own_replies(

@@ -20,24 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy._util import (
-    HAPROXY_CFG,
-    LineClient,
-    Proc,
-    connect_client,
-    free_ports,
-    haproxy_binary,
-    haproxy_env,
-    haproxy_server_states,
-    redis_server,
-    redis_server_binary,
-    start_gateway,
-    wait_until,
-)
+from services.cluster.redis_server import find_redis_server
+from services.common.probes import free_ports
+from services.common.processes import Process, wait_until
+from tests.support.gateway_process import GatewayProcess
+from tests.support.haproxy import HAPROXY_CFG, haproxy_binary, haproxy_env, haproxy_server_states
+from tests.support.line_client import LineClient, connect_client
+from tests.support.processes import REPO
+from tests.support.redis_server import RedisServer
 
 pytestmark = [
     pytest.mark.skipif(haproxy_binary() is None, reason="haproxy is not installed"),
-    pytest.mark.skipif(redis_server_binary() is None, reason="no redis-server binary"),
+    pytest.mark.skipif(find_redis_server() is None, reason="no redis-server binary"),
 ]
 
 GATEWAY_SETTINGS = {
@@ -55,14 +49,14 @@ class Gw:
     name: str
     port: int
     http_port: int
-    proc: Proc
+    proc: GatewayProcess
 
 
 @dataclass
 class Stack:
     lb_port: int
     gateways: list[Gw]
-    haproxy: Proc
+    haproxy: Process
     stats_socket: Path
 
     def gateway_of(self, client: LineClient, timeout_s: float = 10.0) -> Gw:
@@ -82,18 +76,18 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     with ExitStack() as stack:
-        url = stack.enter_context(redis_server(tmp_path))
+        url = stack.enter_context(RedisServer()).url
         ports = free_ports(7)
         lb_port, chat_ports, http_ports = ports[0], ports[1:4], ports[4:7]
         gateways = []
         for i, (port, http_port) in enumerate(zip(chat_ports, http_ports, strict=True), start=1):
-            proc = stack.enter_context(start_gateway(f"gw{i}", port, http_port, url, **GATEWAY_SETTINGS))
+            settings = {"port": port, "http_port": http_port, **GATEWAY_SETTINGS}
+            proc = stack.enter_context(GatewayProcess(url, f"gw{i}", **settings)).start(20)
             gateways.append(Gw(f"gw{i}", port, http_port, proc))
         sock = tmp_path / "haproxy.sock"
         env = haproxy_env(lb_port, [(g.port, g.http_port) for g in gateways], sock)
-        haproxy = stack.enter_context(
-            Proc("haproxy", [haproxy_binary() or "haproxy", "-db", "-f", str(HAPROXY_CFG)], env)
-        )
+        argv = [haproxy_binary() or "haproxy", "-db", "-f", str(HAPROXY_CFG)]
+        haproxy = stack.enter_context(Process("haproxy", argv, env=env, cwd=REPO))
         wait_until(
             lambda: (
                 set(haproxy_server_states(sock).values()) == {"UP"} and len(haproxy_server_states(sock)) == 3
@@ -153,7 +147,7 @@ def test_drained_gateway_leaves_rotation(stack: Stack) -> None:
         landed = {nick: stack.gateway_of(c) for nick, c in clients.items()}
         drained = landed["dora"]
 
-        drained.proc.send_signal(signal.SIGTERM)
+        drained.proc.signal(signal.SIGTERM)
         line = clients["dora"].read_until(
             lambda text: text.startswith("!! disconnected:"), 10, "the drain's disconnect reason"
         )
@@ -175,7 +169,7 @@ def test_drained_gateway_leaves_rotation(stack: Stack) -> None:
             15,
             f"HAProxy taking {drained.name} out of rotation",
         )
-        assert drained.proc.wait(timeout_s=15) == 0, drained.proc.tail()
+        assert drained.proc.wait(15) == 0, drained.proc.tail()
 
         others = {gw.name for gw in stack.gateways} - {drained.name}
         for i in range(4):

@@ -7,8 +7,9 @@ import socket
 import redis
 import trio
 
-from tests.conftest import StartGateway, wait_until, wait_until_sync
+from tests.conftest import StartGateway
 from tests.support.chat_client import ChatClient
+from tests.support.waiting import wait_until, wait_until_sync
 
 
 async def test_client_sockets_have_tcp_keepalive(start_gateway: StartGateway) -> None:

@@ -7,12 +7,13 @@ from collections.abc import Callable
 import redis
 import trio
 
-from tests.conftest import StartGateway, wait_until
+from tests.conftest import StartGateway
 from tests.faults.conftest import FAST
 from tests.support.chat_client import ChatClient
 from tests.support.gateway_process import GatewayProcess
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import StallingProxy
+from tests.support.waiting import wait_until
 
 MESSAGES = 1000
 

@@ -9,9 +9,10 @@ import time
 import redis
 import trio
 
-from tests.conftest import StartGateway, wait_until, wait_until_sync
+from tests.conftest import StartGateway
 from tests.support.chat_client import ChatClient
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_until, wait_until_sync
 
 
 async def test_greeting_prompt_and_join(start_gateway: StartGateway) -> None:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import trio
 
+from services.common import probes
 from services.common.config import HostPort
 from services.common.redis import Backoff
-from tests.conftest import StartGateway, wait_until
+from tests.conftest import StartGateway
 from tests.support.chat_client import ChatClient
+from tests.support.waiting import wait_until
 
 
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        with trio.fail_after(10):
-            while chunk := await stream.receive_some(65536):
-                data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
+async def http_get(port: int, path: str) -> tuple[int | None, str]:
+    return await trio.to_thread.run_sync(partial(probes.http_get, port, path, timeout_s=10.0))
 
 
 async def test_health_readiness_and_metrics(start_gateway: StartGateway) -> None:

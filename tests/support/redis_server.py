@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import shutil
-import socket
+import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import redis
 
+from services.cluster.redis_server import find_redis_server, redis_server_command
+from services.common.probes import free_port, redis_ping
+from services.common.processes import Process, wait_until
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["RedisServer", "free_port", "redis_server_binary"]
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
 
 
 def redis_server_binary() -> str:
-    path = shutil.which("redis-server")
+    """The binary the local cluster would use; raises when there is none."""
+    path = find_redis_server()
     if path is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
     return path
@@ -28,6 +31,8 @@ def redis_server_binary() -> str:
 class RedisServer:
     """One redis-server process.  ``restart()`` keeps the port and, by default,
     starts empty.
+
+    Its log is ``redis.log`` in :attr:`dir`, removed on leaving the ``with`` block.
 
     With ``appendonly=True`` every write is in the append-only file, fsynced before
     Redis replies (``--appendfsync always``), in ``dir``, which a restart keeps: a
@@ -42,7 +47,12 @@ class RedisServer:
         self.password = password
         self.appendonly = appendonly
         self.dir = tempfile.mkdtemp(prefix="chat-redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process: Process | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The running redis-server (``pid``, ``send_signal`` to it alone), or ``None``."""
+        return self.process.popen if self.process is not None else None
 
     @property
     def url(self) -> str:
@@ -55,48 +65,31 @@ class RedisServer:
         )
 
     def start(self) -> None:
-        args = [
-            redis_server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--dir", self.dir,
-            "--logfile", str(Path(self.dir) / "redis.log"),
-        ]
-        if self.appendonly:
-            args += ["--appendfsync", "always"]
-        if self.password:
-            args += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with self.client() as c:
-                    c.ping()
-                return
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.02)
+        """Start it and return once it answers PING."""
+        extra = ["--requirepass", self.password] if self.password else []
+        if self.appendonly:  # later arguments win over the no-persistence defaults
+            extra += ["--appendonly", "yes", "--appendfsync", "always"]
+        command = redis_server_command(redis_server_binary(), self.port, workdir=self.dir, extra=extra)
+        self.process = Process("redis", command, log_path=Path(self.dir) / "redis.log")
+        wait_until(
+            lambda: redis_ping(self.port, password=self.password),
+            START_TIMEOUT_S,
+            f"redis-server on port {self.port} to answer PING",
+            interval_s=0.02,
+            process=self.process,
+        )
 
     def kill(self) -> None:
         """SIGKILL: the data is gone, unless ``appendonly`` (then what Redis
         acknowledged is on disk for the next start)."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        if self.process is not None:
+            self.process.kill()
+            self.process = None
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        if self.process is not None:
+            self.process.stop(signal.SIGTERM, STOP_TIMEOUT_S)
+            self.process = None
 
     def restart(self) -> None:
         self.kill()

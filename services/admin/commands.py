@@ -1,0 +1,183 @@
+"""What each ``chat-admin`` command does, against the cluster's Redis.
+
+Reading (``who``, ``gateways``) and steering (``kick``, ``announce``) use the key
+schema of :mod:`services.common.keys` through a synchronous redis-py client.
+Each function returns plain data; :mod:`services.admin.render` turns it into
+text and :mod:`services.admin.cli` into exit statuses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from services.common.config import RedisURL
+from services.common.keys import Keys, incarnation_name, parse_owner_record
+from services.common.names import fold_nick
+
+MAX_TEXT_BYTES = 1024
+
+
+class AdminError(Exception):
+    """The command cannot be carried out; the message is one line for the operator."""
+
+
+class UsageError(AdminError):
+    """Bad arguments (exit status 2)."""
+
+
+# -- reading the cluster's state -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OnlineNick:
+    nick: str
+    gateway: str  # the configured name
+    gateway_alive: bool
+    incarnation: str  # the owning process's identity in Redis
+
+
+@dataclass(frozen=True)
+class GatewayState:
+    gateway: str  # the configured name
+    incarnation: str  # one process under that name (services.common.keys.incarnation_id)
+    alive: bool
+    lease_ttl_s: float | None
+    heartbeat_age_s: float | None
+    clients: int | None
+    nicks: int
+    listen: str | None
+    pid: int | None
+    uptime_s: float | None
+
+
+def connect(url: RedisURL, timeout_s: float) -> redis.Redis:
+    """A redis-py client for ``url``; every command and connect has ``timeout_s``."""
+    return redis.Redis(
+        host=url.host,
+        port=url.port,
+        db=url.db,
+        username=url.username,
+        password=url.password,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        decode_responses=True,
+    )
+
+
+def _alive(client: redis.Redis, keys: Keys, gateways: Sequence[str]) -> dict[str, bool]:
+    pipe = client.pipeline(transaction=False)
+    for gw in gateways:
+        pipe.exists(keys.gateway_alive(gw))
+    return {gw: bool(n) for gw, n in zip(gateways, pipe.execute(), strict=True)}
+
+
+def who(client: redis.Redis, keys: Keys) -> list[OnlineNick]:
+    """Every online nickname with its owner gateway, sorted case-insensitively."""
+    records: dict[str, str] = client.hgetall(keys.nicks)  # type: ignore[assignment]
+    owners = {folded: parse_owner_record(record) for folded, record in records.items()}
+    alive = _alive(client, keys, sorted({gw for gw, _ in owners.values()}))
+    return [
+        OnlineNick(nick or folded, incarnation_name(gw), alive[gw], gw)
+        for folded, (gw, nick) in sorted(owners.items())
+    ]
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def gateways(client: redis.Redis, keys: Keys, now: float | None = None) -> list[GatewayState]:
+    """Every gateway in the registry, plus any with a lease but no registry entry."""
+    now = time.time() if now is None else now
+    registry: list[tuple[str, float]] = client.zrange(keys.gateways, 0, -1, withscores=True)  # type: ignore[assignment]
+    heartbeats = dict(registry)
+    ids = list(heartbeats)
+    head, tail = keys.gateway_alive("\0").split("\0")
+    for key in client.scan_iter(match=f"{_glob_escape(head)}*{_glob_escape(tail)}", count=500):
+        gw = str(key)[len(head) : len(key) - len(tail)]
+        if gw and gw not in heartbeats:
+            ids.append(gw)
+    pipe = client.pipeline(transaction=False)
+    for gw in ids:
+        pipe.pttl(keys.gateway_alive(gw))
+        pipe.hgetall(keys.gateway_info(gw))
+        pipe.scard(keys.gateway_nicks(gw))
+    replies = pipe.execute()
+    states = []
+    for i, gw in enumerate(ids):
+        pttl, info, nicks = replies[3 * i : 3 * i + 3]
+        alive = pttl is not None and int(pttl) != -2
+        started = _int(info.get("started_at"))
+        beat = heartbeats.get(gw)
+        states.append(
+            GatewayState(
+                gateway=incarnation_name(gw),
+                incarnation=gw,
+                alive=alive,
+                lease_ttl_s=round(int(pttl) / 1000, 1) if alive and int(pttl) >= 0 else None,
+                heartbeat_age_s=round(max(0.0, now - beat), 1) if beat is not None else None,
+                clients=_int(info.get("clients")),
+                nicks=int(nicks),
+                listen=info.get("listen"),
+                pid=_int(info.get("pid")),
+                uptime_s=round(max(0.0, now - started), 0) if started is not None else None,
+            )
+        )
+    states.sort(key=lambda s: (not s.alive, s.gateway, s.incarnation))
+    return states
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+# -- steering -------------------------------------------------------------------------------
+
+
+def _check_text(text: str, what: str) -> str:
+    text = " ".join(text.split())
+    if not text:
+        raise UsageError(f"{what} is empty")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):
+        raise UsageError(f"{what} contains control characters")
+    if len(text.encode()) > MAX_TEXT_BYTES:
+        raise UsageError(f"{what} is longer than {MAX_TEXT_BYTES} bytes")
+    return text
+
+
+def kick(client: redis.Redis, keys: Keys, nick: str, reason: str) -> dict[str, Any]:
+    """Ask the gateway owning ``nick`` to disconnect it.  Raises :class:`AdminError`."""
+    reason = _check_text(reason, "the reason")
+    record = client.hget(keys.nicks, fold_nick(nick))
+    if record is None:
+        raise AdminError(f"no such nick: {nick}")
+    gateway, display = parse_owner_record(str(record))
+    message = {"t": "kick", "nick": display or nick, "reason": reason}
+    receivers = int(client.publish(keys.node_channel(gateway), json.dumps(message)))
+    result = {"nick": display or nick, "gateway": incarnation_name(gateway), "incarnation": gateway,
+              "reason": reason, "receivers": receivers}
+    if receivers == 0:
+        raise AdminError(
+            f"{display or nick} is recorded on gateway {gateway}, which is not listening "
+            "(dead or restarting; its nicknames are released when its lease expires)"
+        )
+    return result
+
+
+def announce(client: redis.Redis, keys: Keys, text: str) -> dict[str, Any]:
+    """Send ``text`` to every client on every gateway.  Raises :class:`AdminError`."""
+    text = _check_text(text, "the announcement")
+    message = {"t": "announce", "text": text}
+    receivers = int(client.publish(keys.all_channel, json.dumps(message)))
+    if receivers == 0:
+        raise AdminError("no gateway is listening; nobody received the announcement")
+    return {"text": text, "gateways": receivers}

