@@ -590,7 +590,7 @@ async def run_chaos(
             f"events seen: {events}"
         )
         print(summary)
-        if os.environ.get("CHAT_TEST_KEEP_LOGS"):
+        if os.environ.get("KEEP_GATEWAY_LOGS"):
             keep = Path(tempfile.mkdtemp(prefix=f"chaos-{seed}-"))
             for room, watcher in watchers.items():
                 (keep / f"watcher{room}.txt").write_text("\n".join(watcher.conn.lines) + "\n")
