@@ -23,11 +23,11 @@ Keys
 Channels
 --------
 ``{p}room:{room}``             every publication in a room, ``"<epoch> <seq> <room> <json>"``
-                               (see :mod:`services.common.bus`)
+                               (see :mod:`services.common.bus.codec`)
 ``{p}node:{id}``               commands addressed to one gateway (private messages,
                                kicks, canaries), plain JSON
 ``{p}all``                     announcements to every gateway, plain JSON
-                               (node and broadcast messages: :mod:`services.common.bus.codec`)
+                               (node and broadcast messages: the same codec)
 
 Patterns
 --------
