@@ -32,7 +32,11 @@ async def test_stalled_redis_is_survived_without_a_restart(
             await alice.send("during the stall")
             for client in (alice, bob):
                 await client.expect(r"^== chat interrupted: ")
-            # Once the connection is given up, a line is refused at once.
+            # Once the command connection is given up (its watchdog; the canary may
+            # have cut the subscriber first), a line is refused at once.
+            await trio.to_thread.run_sync(
+                lambda: gw1.wait_for_event("redis.disconnected", connection="chat:s1:cmd")
+            )
             await alice.send("while interrupted")
             await alice.expect(r"^!! not delivered: ")
             # The gateway keeps serving what needs no Redis.
