@@ -8,7 +8,6 @@ text and :mod:`services.admin.cli` into exit statuses.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 import redis
 
+from services.common.bus.codec import Announce, Kick, encode_message
 from services.common.config import RedisURL
 from services.common.keys import Keys, incarnation_name, parse_owner_record
 from services.common.names import fold_nick
@@ -161,8 +161,8 @@ def kick(client: redis.Redis, keys: Keys, nick: str, reason: str) -> dict[str, A
     if record is None:
         raise AdminError(f"no such nick: {nick}")
     gateway, display = parse_owner_record(str(record))
-    message = {"t": "kick", "nick": display or nick, "reason": reason}
-    receivers = int(client.publish(keys.node_channel(gateway), json.dumps(message)))
+    message = encode_message(Kick(nick=display or nick, reason=reason))
+    receivers = int(client.publish(keys.node_channel(gateway), message))
     result = {"nick": display or nick, "gateway": incarnation_name(gateway), "incarnation": gateway,
               "reason": reason, "receivers": receivers}
     if receivers == 0:
@@ -176,8 +176,7 @@ def kick(client: redis.Redis, keys: Keys, nick: str, reason: str) -> dict[str, A
 def announce(client: redis.Redis, keys: Keys, text: str) -> dict[str, Any]:
     """Send ``text`` to every client on every gateway.  Raises :class:`AdminError`."""
     text = _check_text(text, "the announcement")
-    message = {"t": "announce", "text": text}
-    receivers = int(client.publish(keys.all_channel, json.dumps(message)))
+    receivers = int(client.publish(keys.all_channel, encode_message(Announce(text=text))))
     if receivers == 0:
         raise AdminError("no gateway is listening; nobody received the announcement")
     return {"text": text, "gateways": receivers}

@@ -23,10 +23,20 @@ Keys
 Channels
 --------
 ``{p}room:{room}``             every publication in a room, ``"<epoch> <seq> <room> <json>"``
-                               (see :mod:`services.common.bus`)
+                               (see :mod:`services.common.bus.codec`)
 ``{p}node:{id}``               commands addressed to one gateway (private messages,
                                kicks, canaries), plain JSON
 ``{p}all``                     announcements to every gateway, plain JSON
+                               (node and broadcast messages: the same codec)
+
+Patterns
+--------
+A few scripts must find keys they cannot be told in advance: releasing or
+renaming a nickname walks its rooms, and a reap walks a dead gateway's nicknames.
+They get *patterns* built here (the key name with ``*`` where the room or the
+nickname goes, e.g. ``chat:room:*:members``) and put the name in place of the
+``*`` inside Lua.  That is the one exception to "every key in ``KEYS[]``" (see
+``services/common/bus/lua/_rooms.lua``).  The prefix never contains ``*``.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "chat:"
+# Where the room or the nickname goes in a key pattern (a prefix never contains it).
+WILDCARD = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +53,10 @@ class Keys:
     """Builds key and channel names under one prefix."""
 
     prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if WILDCARD in self.prefix:
+            raise ValueError(f"a key prefix cannot contain {WILDCARD!r}: {self.prefix!r}")
 
     # -- presence -----------------------------------------------------------
     @property
@@ -95,12 +111,41 @@ class Keys:
     def all_channel(self) -> str:
         return f"{self.prefix}all"
 
-    def room_from_channel(self, channel: str) -> str | None:
-        """The room name of a room channel, or ``None`` for any other channel."""
-        head = f"{self.prefix}room:"
-        if channel.startswith(head):
-            return channel[len(head) :]
-        return None
+    # -- patterns: a key name with WILDCARD for the room or the nickname ------------
+    @property
+    def room_members_pattern(self) -> str:
+        return self.room_members(WILDCARD)
+
+    @property
+    def room_seq_pattern(self) -> str:
+        return self.room_seq(WILDCARD)
+
+    @property
+    def room_history_pattern(self) -> str:
+        return self.room_history(WILDCARD)
+
+    @property
+    def room_log_pattern(self) -> str:
+        return self.room_log(WILDCARD)
+
+    @property
+    def room_channel_pattern(self) -> str:
+        return self.room_channel(WILDCARD)
+
+    @property
+    def nick_rooms_pattern(self) -> str:
+        return self.nick_rooms(WILDCARD)
+
+    def room_patterns(self) -> tuple[str, str, str, str, str]:
+        """A room's members, seq, history and log keys and its channel, as patterns,
+        in the order the scripts' ``room_keys`` helper reads them."""
+        return (
+            self.room_members_pattern,
+            self.room_seq_pattern,
+            self.room_history_pattern,
+            self.room_log_pattern,
+            self.room_channel_pattern,
+        )
 
 
 def owner_record(gateway_id: str, nick: str) -> str:

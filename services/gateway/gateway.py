@@ -22,7 +22,6 @@ delegating to the parts.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +30,15 @@ import structlog
 import trio
 
 from services.common.bus import Bus, PublishUncertain, Resolution
+from services.common.bus.codec import (
+    BroadcastMessage,
+    Canary,
+    Kick,
+    NodeMessage,
+    PrivateMessage,
+    decode_broadcast,
+    decode_node_message,
+)
 from services.common.config import Settings
 from services.common.http import serve_http
 from services.common.keys import Keys, incarnation_id
@@ -183,41 +191,40 @@ class Gateway:
 
     # -- what the subscriber reads ---------------------------------------------------
     def _on_message(self, channel: bytes, data: bytes) -> None:
+        """Dispatch one message; a malformed one is logged and dropped, never raised
+        into the subscriber's reader."""
         try:
             if channel.startswith(self.rooms.channel_prefix):
                 self.rooms.on_publication(channel, data)
             elif channel == self.node_channel:
-                self._on_node_message(json.loads(data))
+                self._on_node_message(decode_node_message(data))
             elif channel == self.all_channel:
-                self._on_broadcast(json.loads(data))
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                self._on_broadcast(decode_broadcast(data))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.error("bus.malformed", channel=channel.decode(errors="replace"), error=str(exc))
 
     def _on_batch_end(self) -> None:
         self.rooms.flush_batch()
 
-    def _on_node_message(self, msg: dict[str, Any]) -> None:
-        kind = msg.get("t")
-        if kind == "canary":
-            self.membership.on_canary()
-        elif kind == "kick":
-            member = self.nicknames.get(p.fold_nick(str(msg.get("nick", ""))))
-            if member is not None:
-                reason = str(msg.get("reason") or "no reason given")
-                member.log.info("client.kicked", reason=reason)
-                member.disconnect(f"kicked by an operator: {reason}")
-        elif kind == "pm":
-            member = self.nicknames.get(str(msg.get("to", "")))
-            if member is not None:
-                member.deliver(
-                    p.private_line(member.nick or "", str(msg["from"]), p.sanitize(str(msg["text"])))
-                )
+    def _on_node_message(self, message: NodeMessage) -> None:
+        match message:
+            case Canary():
+                self.membership.on_canary()
+            case Kick(nick=nick, reason=reason):
+                member = self.nicknames.get(p.fold_nick(nick))
+                if member is not None:
+                    reason = p.sanitize(reason) or "no reason given"
+                    member.log.info("client.kicked", reason=reason)
+                    member.disconnect(f"kicked by an operator: {reason}")
+            case PrivateMessage(to=to, sender=sender, text=text):
+                member = self.nicknames.get(to)
+                if member is not None:
+                    member.deliver(p.private_line(member.nick or "", sender, p.sanitize(text)))
 
-    def _on_broadcast(self, msg: dict[str, Any]) -> None:
-        if msg.get("t") == "announce":
-            line = p.info(f"announcement: {p.sanitize(str(msg.get('text', '')))}")
-            for member in list(self.nicknames.by_nick.values()):
-                member.deliver(line)
+    def _on_broadcast(self, message: BroadcastMessage) -> None:
+        line = p.info(f"announcement: {p.sanitize(message.text)}")
+        for member in list(self.nicknames.by_nick.values()):
+            member.deliver(line)
 
     def _on_redis_state(self, connected: bool) -> None:
         self.membership.on_redis_state(connected)
@@ -289,7 +296,7 @@ class Gateway:
             return None
         gateway, display = owner
         receivers = await self.bus.send_to_node(
-            gateway, {"t": "pm", "to": folded, "from": sender, "text": text}
+            gateway, PrivateMessage(to=folded, sender=sender, text=text)
         )
         if receivers == 0:
             raise LookupError(display)

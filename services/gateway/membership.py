@@ -27,6 +27,7 @@ import structlog
 import trio
 
 from services.common.bus import Bus
+from services.common.bus.codec import Canary
 from services.common.config import Settings
 from services.common.keys import Keys
 from services.common.metrics import Metrics
@@ -255,7 +256,7 @@ class Membership:
                 await trio.sleep(min(interval, 0.05))
                 continue
             try:
-                await self.bus.send_to_node(self.incarnation, {"t": "canary"})
+                await self.bus.send_to_node(self.incarnation, Canary())
                 self.canary_sent += 1
             except RedisError:
                 pass

@@ -1,0 +1,359 @@
+"""The bus: typed operations on presence, rooms and publications in Redis.
+
+Every multi-key change is one Lua script (``lua/*.lua``, see
+:mod:`~services.common.bus.scripts`), so it is atomic across the cluster:
+claiming a nickname, renaming, publishing with a per-room sequence number and
+history, and releasing a dead gateway's users (exactly once, whoever runs it).
+Key names come from :class:`~services.common.keys.Keys`; what travels on the
+channels is encoded by :mod:`~services.common.bus.codec`.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from typing import Any
+
+from services.common.bus.codec import (
+    CHAT_KINDS,
+    NodeMessage,
+    encode_body,
+    encode_message,
+)
+from services.common.bus.scripts import Script
+from services.common.keys import Keys, incarnation_name, owner_record, parse_owner_record
+from services.common.redis import (
+    Arg,
+    CommandNotSent,
+    RedisClient,
+    RedisReplyError,
+    RedisUnavailable,
+)
+
+# Every publication of a room is kept in its log, enough to fill a subscriber gap
+# after a reconnect.  Chat lines and actions are also kept in a short history list,
+# replayed on join, so joining reads a few entries, not the whole log.
+REPLAY_WINDOW = 2000
+HISTORY_KEEP = 500  # the largest CHAT_HISTORY_SIZE
+
+# An empty room's sequence counter, history and log are kept this long, then
+# expire, so rooms used once do not stay in Redis forever.  Joining removes the expiry.
+ROOM_RETENTION_S = 7 * 24 * 3600
+
+
+class ClaimResult(enum.IntEnum):
+    """What :meth:`Bus.claim_nick` did (false only when the nickname is taken)."""
+
+    TAKEN = 0  # someone else holds it
+    ALREADY_OURS = 1  # this gateway already held it under the same display nick
+    CLAIMED = 2  # newly claimed
+
+
+class RenameResult(enum.IntEnum):
+    """What :meth:`Bus.rename_nick` did."""
+
+    NOT_OURS = -1  # this gateway no longer holds the old nickname
+    TAKEN = 0  # the new nickname is someone else's
+    RENAMED = 1
+
+
+class PublishUncertain(RedisUnavailable):
+    """The publish command was written but no answer came (connection lost, or too
+    slow): it may or may not have run.  :meth:`Bus.resolve` finds out."""
+
+    def __init__(self, message: str, room: str, pub_id: str, deadline_ms: int,
+                 submitted: float) -> None:
+        super().__init__(message)
+        self.room = room
+        self.pub_id = pub_id
+        self.deadline_ms = deadline_ms
+        self.submitted = submitted
+
+
+class Resolution(enum.Enum):
+    """What :meth:`Bus.resolve` found out about an uncertain publication."""
+
+    PENDING = "pending"  # Redis's clock has not passed the deadline: ask again later
+    PUBLISHED = "published"
+    NOT_PUBLISHED = "not published"
+    UNKNOWN = "unknown"  # the room's log no longer reaches back that far
+
+
+
+class Bus:
+    """Presence and publication operations for one gateway.
+
+    Raises what :class:`RedisClient` raises (:class:`RedisError` subclasses).
+    """
+
+    _publish = Script("publish")
+    _claim = Script("claim")
+    _release = Script("release")
+    _rename = Script("rename")
+    _join = Script("join_room")
+    _leave = Script("leave_room")
+    _reap = Script("reap")
+    _resolve = Script("resolve")
+
+    def __init__(self, redis: RedisClient, keys: Keys, gateway_id: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.gateway_id = gateway_id
+        self.clock_offset_s = 0.0  # Redis's clock minus ours (see sync_clock)
+        self._pub_ids = itertools.count(1)
+
+    async def sync_clock(self) -> float:
+        """Measure Redis's clock against ours, so deadlines checked inside Redis
+        hold even when the two hosts' clocks differ."""
+        before = time.time()
+        seconds, micros = await self.redis.execute("TIME")
+        after = time.time()
+        self.clock_offset_s = int(seconds) + int(micros) / 1e6 - (before + after) / 2
+        return self.clock_offset_s
+
+    # -- nicknames ----------------------------------------------------------------
+    async def claim_nick(self, folded: str, nick: str) -> ClaimResult:
+        """Claim ``nick`` for this gateway (false when someone else holds it)."""
+        k = self.keys
+        reply = await self._claim(
+            self.redis,
+            [k.nicks, k.gateway_nicks(self.gateway_id)],
+            [folded, owner_record(self.gateway_id, nick)],
+        )
+        return ClaimResult(int(reply))
+
+    async def release_nick(self, folded: str, nick: str, reason: str = "") -> bool:
+        """Release ``nick`` if this gateway still owns it: leave its rooms and
+        announce the leave in each, in one atomic step.  ``False`` when it was not
+        (or no longer) this gateway's."""
+        k = self.keys
+        reply = await self._release(
+            self.redis,
+            [k.nicks, k.gateway_nicks(self.gateway_id), k.nick_rooms(folded), k.epoch, k.rooms],
+            [
+                folded, owner_record(self.gateway_id, nick),
+                encode_body("leave", nick, reason, self.gateway_id),
+                REPLAY_WINDOW, ROOM_RETENTION_S, *k.room_patterns(),
+            ],
+        )
+        return bool(reply)
+
+    async def owned_nicks(self) -> set[str]:
+        """Folded nicknames Redis records under this gateway."""
+        members = await self.redis.execute("SMEMBERS", self.keys.gateway_nicks(self.gateway_id))
+        return {m.decode() for m in members}
+
+    async def rename_nick(
+        self, old_folded: str, old: str, new_folded: str, new: str
+    ) -> RenameResult:
+        """Rename this gateway's ``old`` to ``new`` (memberships follow), or say why not."""
+        k = self.keys
+        reply = await self._rename(
+            self.redis,
+            [k.nicks, k.gateway_nicks(self.gateway_id), k.nick_rooms(old_folded),
+             k.nick_rooms(new_folded)],
+            [
+                old_folded, owner_record(self.gateway_id, old),
+                new_folded, owner_record(self.gateway_id, new),
+                new, k.room_members_pattern,
+            ],
+        )
+        return RenameResult(int(reply))
+
+    async def nick_owner(self, folded: str) -> tuple[str, str] | None:
+        """``(gateway_id, display nick)`` of an online nickname, or ``None``."""
+        record = await self.redis.execute("HGET", self.keys.nicks, folded)
+        if record is None:
+            return None
+        return parse_owner_record(record.decode())
+
+    async def online(self) -> list[str]:
+        """Every online display nickname, sorted case-insensitively."""
+        records = await self.redis.execute("HVALS", self.keys.nicks)
+        return sorted((parse_owner_record(r.decode())[1] for r in records), key=str.lower)
+
+    # -- rooms ----------------------------------------------------------------------
+    async def join_room(self, room: str, folded: str, nick: str) -> None:
+        """Record ``nick`` as a member of ``room`` (the announcement is the caller's)."""
+        k = self.keys
+        await self._join(
+            self.redis,
+            [k.room_seq(room), k.room_history(room), k.room_log(room), k.room_members(room),
+             k.rooms, k.nick_rooms(folded)],
+            [room, folded, nick],
+        )
+
+    async def leave_room(self, room: str, folded: str) -> None:
+        """Remove ``folded`` from ``room``; an emptied room's keys start to expire."""
+        k = self.keys
+        await self._leave(
+            self.redis,
+            [k.room_members(room), k.room_seq(room), k.room_history(room), k.room_log(room),
+             k.rooms, k.nick_rooms(folded)],
+            [room, folded, ROOM_RETENTION_S],
+        )
+
+    async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int:
+        """Publish in ``room``; returns the publication's sequence number.
+
+        Raises :class:`PublishUncertain` when the command was written but no answer
+        came (it may have run: :meth:`resolve` tells), and another
+        :class:`RedisError` when it certainly did not run (not connected, an error
+        reply, or it reached Redis after its deadline and was dropped).
+        """
+        pub_id = str(next(self._pub_ids))
+        body = encode_body(kind, nick, text, self.gateway_id, pub_id)
+        # The deadline is on Redis's clock: our clock plus the offset measured at connect.
+        submitted = time.time() + self.clock_offset_s
+        deadline_ms = int((submitted + self.redis.timeout_s) * 1000)
+        try:
+            k = self.keys
+            seq = int(
+                await self._publish(
+                    self.redis,
+                    [k.epoch, k.room_seq(room), k.room_log(room), k.room_history(room)],
+                    [k.room_channel(room), room, body, REPLAY_WINDOW, deadline_ms,
+                     HISTORY_KEEP if kind in CHAT_KINDS else 0],
+                )
+            )
+        except CommandNotSent:
+            raise
+        except RedisUnavailable as exc:
+            raise PublishUncertain(str(exc), room, pub_id, deadline_ms, submitted) from None
+        if seq == 0:
+            raise RedisUnavailable("publication reached Redis after its deadline; dropped")
+        return seq
+
+    async def resolve(self, uncertain: PublishUncertain) -> tuple[Resolution, int]:
+        """Whether an uncertain publication was published, and its sequence number
+        when it was.  Exact once Redis's clock has passed the publication's deadline
+        (after which the publish script refuses it).  Raises :class:`RedisError`."""
+        reply = int(
+            await self._resolve(
+                self.redis,
+                [self.keys.room_log(uncertain.room)],
+                [uncertain.pub_id, uncertain.deadline_ms, uncertain.submitted, REPLAY_WINDOW,
+                 self.gateway_id],
+            )
+        )
+        if reply > 0:
+            return Resolution.PUBLISHED, reply
+        return {-1: Resolution.PENDING, 0: Resolution.NOT_PUBLISHED}.get(
+            reply, Resolution.UNKNOWN
+        ), 0
+
+    async def history(self, room: str, count: int) -> list[bytes]:
+        """The room's last ``count`` chat lines and actions, oldest first."""
+        if count <= 0:
+            return []
+        return list(
+            await self.redis.execute("LRANGE", self.keys.room_history(room), -count, -1)
+        )
+
+    async def log(self, room: str, count: int = REPLAY_WINDOW) -> list[bytes]:
+        """The room's last ``count`` kept publications (for gap filling), oldest first."""
+        count = max(1, min(count, REPLAY_WINDOW))
+        return list(await self.redis.execute("LRANGE", self.keys.room_log(room), -count, -1))
+
+    async def room_position(self, rooms: list[str]) -> tuple[str | None, list[int]]:
+        """The current epoch (``None`` before the first publication) and each room's
+        last sequence number (0 when it has none), in one round trip."""
+        commands: list[tuple[Arg, ...]] = [("GET", self.keys.epoch)]
+        commands += [("GET", self.keys.room_seq(r)) for r in rooms]
+        replies = await self.redis.pipeline(commands)
+        _raise_first_error(replies)
+        epoch = replies[0].decode() if replies[0] is not None else None
+        return epoch, [int(r) if r is not None else 0 for r in replies[1:]]
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room with members anywhere, with its member count."""
+        names = [r.decode() for r in await self.redis.execute("SMEMBERS", self.keys.rooms)]
+        if not names:
+            return {}
+        counts = await self.redis.pipeline([("HLEN", self.keys.room_members(n)) for n in names])
+        return {n: int(c) for n, c in zip(names, counts, strict=True) if int(c) > 0}
+
+    async def room_members(self, room: str) -> list[str]:
+        values = await self.redis.execute("HVALS", self.keys.room_members(room))
+        return sorted((v.decode() for v in values), key=str.lower)
+
+    # -- node and broadcast channels ----------------------------------------------
+    async def send_to_node(self, gateway_id: str, message: NodeMessage) -> int:
+        """Publish a message to one gateway; returns how many subscribers got it."""
+        data = encode_message(message)
+        return int(await self.redis.execute("PUBLISH", self.keys.node_channel(gateway_id), data))
+
+    # -- gateway lease --------------------------------------------------------------
+    async def heartbeat(self, ttl_s: float, info: dict[str, str | int]) -> bool:
+        """Renew this gateway's lease.  ``False`` when the lease had lapsed (or Redis
+        lost it): other gateways may have released our users meanwhile.
+        Raises :class:`RedisError`, error replies included."""
+        now = time.time()
+        commands: list[tuple[Arg, ...]] = [
+            ("SET", self.keys.gateway_alive(self.gateway_id), "1", "PX", int(ttl_s * 1000), "GET"),
+            ("ZADD", self.keys.gateways, now, self.gateway_id),
+        ]
+        if info:
+            flat: list[Arg] = []
+            for k, v in info.items():
+                flat += [k, v]
+            commands.append(("HSET", self.keys.gateway_info(self.gateway_id), *flat))
+        replies = await self.redis.pipeline(commands)
+        _raise_first_error(replies)
+        return replies[0] is not None
+
+    async def dead_gateways(self) -> list[str]:
+        """Gateways listed in the registry whose lease key is gone."""
+        ids = [g.decode() for g in await self.redis.execute("ZRANGE", self.keys.gateways, 0, -1)]
+        others = [g for g in ids if g != self.gateway_id]
+        if not others:
+            return []
+        alive = await self.redis.pipeline([("EXISTS", self.keys.gateway_alive(g)) for g in others])
+        return [g for g, a in zip(others, alive, strict=True) if not a]
+
+    async def reap(self, dead_gateway: str, *, force: bool = False) -> list[str]:
+        """Release a dead gateway's users; the display nicks released (empty when
+        another gateway did it first, or the gateway came back).  ``force`` ignores
+        its lease: for a predecessor known to be dead (see :meth:`predecessors`)."""
+        k = self.keys
+        released = await self._reap(
+            self.redis,
+            [k.gateways, k.gateway_alive(dead_gateway), k.gateway_nicks(dead_gateway),
+             k.gateway_info(dead_gateway), k.nicks, k.epoch, k.rooms],
+            [dead_gateway, REPLAY_WINDOW, time.time(), 1 if force else 0, ROOM_RETENTION_S,
+             k.nick_rooms_pattern, *k.room_patterns()],
+        )
+        return [r.decode() for r in released]
+
+    async def predecessors(self, name: str) -> list[str]:
+        """Earlier processes registered under the configured gateway ``name`` (this
+        one excluded) that nobody listens for any more: their node channel has no
+        subscriber, so whatever they owned is orphaned, lease or not."""
+        ids = [g.decode() for g in await self.redis.execute("ZRANGE", self.keys.gateways, 0, -1)]
+        mine = [g for g in ids if g != self.gateway_id and incarnation_name(g) == name]
+        if not mine:
+            return []
+        reply = await self.redis.execute(
+            "PUBSUB", "NUMSUB", *(self.keys.node_channel(g) for g in mine)
+        )
+        counts = dict(zip(reply[::2], reply[1::2], strict=True))
+        return [g for g in mine if int(counts.get(self.keys.node_channel(g).encode(), 0)) == 0]
+
+    async def retire(self) -> None:
+        """Remove this gateway from the registry (after its users were released)."""
+        replies = await self.redis.pipeline(
+            [
+                ("ZREM", self.keys.gateways, self.gateway_id),
+                ("DEL", self.keys.gateway_alive(self.gateway_id),
+                 self.keys.gateway_info(self.gateway_id),
+                 self.keys.gateway_nicks(self.gateway_id)),
+            ]
+        )
+        _raise_first_error(replies)
+
+
+def _raise_first_error(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, RedisReplyError):
+            raise reply

@@ -1,0 +1,20 @@
+-- leave_room: remove a member from a room; an emptied room's keys expire.
+--
+-- KEYS[1] the room's members    Keys.room_members(room)
+-- KEYS[2] the room's seq        Keys.room_seq(room)
+-- KEYS[3] the room's history    Keys.room_history(room)
+-- KEYS[4] the room's log        Keys.room_log(room)
+-- KEYS[5] rooms                 Keys.rooms
+-- KEYS[6] the nick's rooms      Keys.nick_rooms(folded)
+-- ARGV[1] room name
+-- ARGV[2] folded nick
+-- ARGV[3] retention of an emptied room's keys, seconds   ROOM_RETENTION_S
+--
+-- Returns 1 when the nick was a member, 0 when not.
+-- include: _rooms.lua
+
+local r = {members = KEYS[1], seq = KEYS[2], history = KEYS[3], log = KEYS[4]}
+local removed = redis.call('HDEL', r.members, ARGV[2])
+if redis.call('HLEN', r.members) == 0 then room_emptied(KEYS[5], r, ARGV[1], tonumber(ARGV[3])) end
+redis.call('SREM', KEYS[6], ARGV[1])
+return removed
