@@ -43,6 +43,7 @@ class Nicknames:
         self.incarnation = incarnation
         self.by_nick: dict[str, Member] = {}
         self.claiming: set[str] = set()
+        self.renaming: set[str] = set()  # folded nicks whose rename is in flight
 
     def get(self, folded: str) -> Member | None:
         return self.by_nick.get(folded)
@@ -101,25 +102,21 @@ class Nicknames:
         ):
             return "taken"
         self.claiming.add(new_folded)
+        self.renaming.add(member.folded)
         try:
             result = await self.bus.rename_nick(member.folded, member.nick, new_folded, new)
         finally:
             self.claiming.discard(new_folded)
+            self.renaming.discard(member.folded)
         if result == -1:
             return "lost"
         if result != 1:
             return "taken"
-        old = member.nick
+        # Renamed and announced in each room by the same script.
         del self.by_nick[member.folded]
         member.nick, member.folded = new, new_folded
         self.by_nick[new_folded] = member
         member.rebind()
-        for name in member.rooms:
-            try:
-                await self.bus.publish(name, "nick", old, new)
-            except RedisError as exc:
-                # The rename itself is done; only this room's announcement is lost.
-                member.log.warning("nick.rename_unannounced", room=name, error=str(exc))
         return "renamed"
 
     async def reassert(self, *, announce: bool) -> None:
@@ -129,20 +126,39 @@ class Nicknames:
         released (its rooms were told it left) is announced as joining again.
         Raises RedisError."""
         held = await self.bus.owned_nicks()
-        for folded in held - set(self.by_nick) - self.claiming:
+        for folded in held - set(self.by_nick) - self.claiming - self.renaming:
             owner = await self.bus.nick_owner(folded)
-            if owner is not None and owner[0] == self.incarnation:
-                await self.bus.release_nick(folded, owner[1], "connection lost")
+            if owner is None or owner[0] != self.incarnation:
+                continue
+            # Checked again right before the release is sent (no await between):
+            # a client may have taken the name meanwhile.
+            if folded in self.by_nick or folded in self.claiming or folded in self.renaming:
+                continue
+            await self.bus.release_nick(folded, owner[1], "connection lost")
         for folded, member in list(self.by_nick.items()):
+            # Sessions change while we await: skip one that left, was renamed, or is
+            # being renamed (checked right before each command is sent, so a
+            # later release or rename by the session runs after it in Redis).
+            if not self._holds(folded, member):
+                continue
             assert member.nick is not None
             claimed = await self.bus.claim_nick(folded, member.nick)
             if not claimed:
-                await self._resolve_conflict(member)
+                if self._holds(folded, member):
+                    await self._resolve_conflict(member)
                 continue
-            for name in member.rooms:
-                await self.bus.join_room(name, folded, member.nick)
-                if announce and claimed == 2:
-                    await self.bus.publish(name, "join", member.nick)
+            announce_as = "join" if announce and claimed == 2 else ""
+            for name in list(member.rooms):
+                if not self._holds(folded, member):
+                    break
+                await self.bus.join_room(name, folded, member.nick, announce=announce_as)
+
+    def _holds(self, folded: str, member: Member) -> bool:
+        return (
+            self.by_nick.get(folded) is member
+            and member.folded == folded
+            and folded not in self.renaming
+        )
 
     async def _resolve_conflict(self, member: Member) -> None:
         """Another gateway re-asserted this nickname first: that one keeps it (first

@@ -88,9 +88,10 @@ class Rooms:
     async def join(
         self, member: Member, name: str, *, kind: str = "join", greeting: bytes = b""
     ) -> None:
-        """Make ``member`` a member of room ``name`` here and in Redis, replay the
-        room's history to it, then announce the join.  Raises RedisError (the
-        member is then not in the room)."""
+        """Make ``member`` a member of room ``name`` here and in Redis (announced as
+        ``kind`` in the same step), and replay the room's history to it.  Raises
+        RedisError: the member is then not in the room here, and, should the join
+        have reached Redis after all, it is undone (with its leave announced)."""
         assert member.nick is not None and member.folded is not None
         room = self.rooms.get(name)
         if room is None:
@@ -100,11 +101,14 @@ class Rooms:
             if not room.subscribed:
                 await self.subscriber.subscribe(room.channel)
                 room.subscribed = True
-            await self.bus.join_room(name, member.folded, member.nick)
+            # History first: what is published after it reaches the member live
+            # (buffered in room.joining until it is a member here).
             history = await self.bus.history(name, self.settings.history_size)
+            await self.bus.join_room(name, member.folded, member.nick, announce=kind)
         except BaseException:
             room.joining.pop(member, None)
             await self._drop_if_empty(room)
+            self.spawn(self._undo_join, name, member.folded, member.nick)
             raise
         buffered = room.joining.pop(member, [])
         room.members.add(member)
@@ -115,11 +119,19 @@ class Rooms:
         for pub in buffered:
             if pub.seq > last_seen:
                 member.deliver(p.publication_line(room.name, pub.kind, pub.nick, pub.text))
-        try:
-            await self.bus.publish(name, kind, member.nick)
-        except RedisError as exc:
-            # The membership stands; only the announcement was lost.
-            member.log.warning("room.join_unannounced", room=name, error=str(exc))
+
+    async def _undo_join(self, name: str, folded: str, nick: str) -> None:
+        """A join whose answer was lost may have happened: leave again (announced
+        only if it had).  Bounded; if Redis stays away, releasing the nickname
+        later leaves every room it is recorded in."""
+        with trio.move_on_after(self.settings.redis_timeout_s * 5):
+            backoff = Backoff(base_s=0.1, cap_s=1.0)
+            while True:
+                try:
+                    await self.bus.leave_room(name, folded, nick, announce="part")
+                    return
+                except RedisError:
+                    await trio.sleep(backoff.next_delay())
 
     def _replay_history(self, member: Member, room: LocalRoom, history: list[bytes]) -> int:
         chat: list[Publication] = []
@@ -142,10 +154,9 @@ class Rooms:
         return last_seq
 
     async def part(self, member: Member, name: str) -> None:
-        """Leave one room and announce it.  Raises RedisError."""
+        """Leave one room, announced in the same step.  Raises RedisError."""
         assert member.nick is not None and member.folded is not None
-        await self.bus.publish(name, "part", member.nick)
-        await self.bus.leave_room(name, member.folded)
+        await self.bus.leave_room(name, member.folded, member.nick, announce="part")
         member.left(name)
         room = self.rooms.get(name)
         if room is not None:

@@ -103,6 +103,10 @@ class Bus:
         self.clock_offset_s = 0.0  # Redis's clock minus ours (see sync_clock)
         self._pub_ids = itertools.count(1)
 
+    def _next_id(self) -> str:
+        """A publication id, unique within this gateway process."""
+        return str(next(self._pub_ids))
+
     async def sync_clock(self) -> float:
         """Measure Redis's clock against ours, so deadlines checked inside Redis
         hold even when the two hosts' clocks differ."""
@@ -147,16 +151,18 @@ class Bus:
     async def rename_nick(
         self, old_folded: str, old: str, new_folded: str, new: str
     ) -> RenameResult:
-        """Rename this gateway's ``old`` to ``new`` (memberships follow), or say why not."""
+        """Rename this gateway's ``old`` to ``new`` (memberships follow) and announce
+        it in each of its rooms, in one step; or say why not."""
         k = self.keys
+        body = encode_body("nick", old, new, self.gateway_id, self._next_id())
         reply = await self._rename(
             self.redis,
             [k.nicks, k.gateway_nicks(self.gateway_id), k.nick_rooms(old_folded),
-             k.nick_rooms(new_folded)],
+             k.nick_rooms(new_folded), k.epoch],
             [
                 old_folded, owner_record(self.gateway_id, old),
                 new_folded, owner_record(self.gateway_id, new),
-                new, k.room_members_pattern,
+                new, *k.room_patterns(), body, REPLAY_WINDOW,
             ],
         )
         return RenameResult(int(reply))
@@ -174,25 +180,32 @@ class Bus:
         return sorted((parse_owner_record(r.decode())[1] for r in records), key=str.lower)
 
     # -- rooms ----------------------------------------------------------------------
-    async def join_room(self, room: str, folded: str, nick: str) -> None:
-        """Record ``nick`` as a member of ``room`` (the announcement is the caller's)."""
+    async def join_room(self, room: str, folded: str, nick: str, announce: str = "") -> int:
+        """Record ``nick`` as a member of ``room`` and, with ``announce`` (a kind:
+        ``join`` or ``enter``), announce it in the same step.  Returns the
+        announcement's sequence number; 0 when nothing was announced (none asked
+        for, or it was a member already)."""
         k = self.keys
-        await self._join(
+        body = encode_body(announce, nick, "", self.gateway_id, self._next_id()) if announce else ""
+        return int(await self._join(
             self.redis,
             [k.room_seq(room), k.room_history(room), k.room_log(room), k.room_members(room),
-             k.rooms, k.nick_rooms(folded)],
-            [room, folded, nick],
-        )
+             k.rooms, k.nick_rooms(folded), k.epoch],
+            [room, folded, nick, k.room_channel(room), body, REPLAY_WINDOW],
+        ))
 
-    async def leave_room(self, room: str, folded: str) -> None:
-        """Remove ``folded`` from ``room``; an emptied room's keys start to expire."""
+    async def leave_room(self, room: str, folded: str, nick: str = "", announce: str = "") -> bool:
+        """Remove ``folded`` from ``room`` and, with ``announce`` (a kind: ``part``),
+        announce it in the same step, only if it was a member.  An emptied room's
+        keys start to expire.  ``True`` when it was a member."""
         k = self.keys
-        await self._leave(
+        body = encode_body(announce, nick, "", self.gateway_id, self._next_id()) if announce else ""
+        return bool(await self._leave(
             self.redis,
             [k.room_members(room), k.room_seq(room), k.room_history(room), k.room_log(room),
-             k.rooms, k.nick_rooms(folded)],
-            [room, folded, ROOM_RETENTION_S],
-        )
+             k.rooms, k.nick_rooms(folded), k.epoch],
+            [room, folded, ROOM_RETENTION_S, k.room_channel(room), body, REPLAY_WINDOW],
+        ))
 
     async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int:
         """Publish in ``room``; returns the publication's sequence number.
@@ -202,7 +215,7 @@ class Bus:
         :class:`RedisError` when it certainly did not run (not connected, an error
         reply, or it reached Redis after its deadline and was dropped).
         """
-        pub_id = str(next(self._pub_ids))
+        pub_id = self._next_id()
         body = encode_body(kind, nick, text, self.gateway_id, pub_id)
         # The deadline is on Redis's clock: our clock plus the offset measured at connect.
         submitted = time.time() + self.clock_offset_s

@@ -424,3 +424,43 @@ async def test_two_gateways_racing_to_reap_release_each_user_once(
     for r in range(5):
         assert rc.llen(keys.room_log(f"#r{r}")) == 8
     assert not rc.exists(keys.nicks)
+
+
+# -- membership changes announced in the same step ---------------------------------------------
+async def test_join_leave_and_rename_are_announced_by_the_script_that_makes_them(
+    make_bus: MakeBus, rc: redis.Redis, keys: Keys
+) -> None:
+    """No crash can separate a membership change from its announcement: the script
+    that changes Redis publishes the line, once (repeating a join or a leave is
+    silent, so a retry or an undo never announces twice)."""
+    g1 = make_bus("g1~a")
+    channels = Channels(rc, keys.room_channel("#a"), keys.room_channel("#b"))
+    try:
+        assert await g1.claim_nick("alice", "Alice") == ClaimResult.CLAIMED
+        seq = await g1.join_room("#a", "alice", "Alice", announce="join")
+        assert seq >= 1
+        assert await g1.join_room("#a", "alice", "Alice", announce="join") == 0  # already in
+        assert await g1.join_room("#b", "alice", "Alice", announce="enter") >= 1
+        got = channels.take()
+        assert [(ch, body_of(p)["k"], body_of(p)["n"]) for ch, p in got] == [
+            (keys.room_channel("#a"), "join", "Alice"),
+            (keys.room_channel("#b"), "enter", "Alice"),
+        ]
+        assert rc.lrange(keys.room_log("#a"), -1, -1) == [got[0][1]]
+
+        assert await g1.rename_nick("alice", "Alice", "alicia", "Alicia") is RenameResult.RENAMED
+        renames = channels.take()
+        assert sorted(ch for ch, _ in renames) == sorted(
+            [keys.room_channel("#a"), keys.room_channel("#b")]
+        )
+        assert {(body_of(p)["k"], body_of(p)["n"], body_of(p)["x"]) for _, p in renames} == {
+            ("nick", "Alice", "Alicia")
+        }
+
+        assert await g1.leave_room("#b", "alicia", "Alicia", announce="part") is True
+        assert await g1.leave_room("#b", "alicia", "Alicia", announce="part") is False
+        parted = channels.take()
+        assert [(ch, body_of(p)["k"]) for ch, p in parted] == [(keys.room_channel("#b"), "part")]
+        assert rc.smembers(keys.nick_rooms("alicia")) == {b"#a"}
+    finally:
+        channels.close()

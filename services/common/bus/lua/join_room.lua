@@ -1,4 +1,6 @@
--- join_room: add a member to a room (on any gateway) and keep the room's keys.
+-- join_room: add a member to a room (on any gateway), keep the room's keys, and
+-- announce the join in the same step, so no crash can leave a membership that
+-- the room was never told about.
 --
 -- KEYS[1] the room's seq        Keys.room_seq(room)
 -- KEYS[2] the room's history    Keys.room_history(room)
@@ -6,17 +8,28 @@
 -- KEYS[4] the room's members    Keys.room_members(room)
 -- KEYS[5] rooms                 Keys.rooms
 -- KEYS[6] the nick's rooms      Keys.nick_rooms(folded)
+-- KEYS[7] epoch                 Keys.epoch
 -- ARGV[1] room name
 -- ARGV[2] folded nick
 -- ARGV[3] display nick
+-- ARGV[4] the room's channel    Keys.room_channel(room)
+-- ARGV[5] the announcement's JSON envelope (codec.encode_body), or '' for none
+-- ARGV[6] log length kept       REPLAY_WINDOW
 --
--- Returns 1.  The room's counter, history and log lose the expiry they got when
--- the room last emptied.
+-- Returns the announcement's sequence number, or 0 when nothing was announced
+-- (none asked for, or the nick was a member already: joining twice is silent).
+-- The room's counter, history and log lose the expiry they got when the room
+-- last emptied.
+-- include: _rooms.lua
 
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
 redis.call('PERSIST', KEYS[3])
-redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
+local added = redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[1])
 redis.call('SADD', KEYS[6], ARGV[1])
-return 1
+if added == 1 and ARGV[5] ~= '' then
+  local r = {seq = KEYS[1], history = KEYS[2], log = KEYS[3], channel = ARGV[4]}
+  return publish_room(KEYS[7], r, ARGV[1], ARGV[5], tonumber(ARGV[6]), 0)
+end
+return 0

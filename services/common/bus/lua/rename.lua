@@ -1,29 +1,35 @@
 -- rename: move a nickname to a new one (or a new display case of the same one)
--- with its room memberships, atomically.  Announcing it is the caller's.
+-- with its room memberships, and announce it in each of its rooms, atomically:
+-- no crash can leave a rename that a room was not told about.
 --
 -- KEYS[1] nicks                 Keys.nicks
 -- KEYS[2] the gateway's nicks   Keys.gateway_nicks(gateway)
 -- KEYS[3] the old nick's rooms  Keys.nick_rooms(old folded)
 -- KEYS[4] the new nick's rooms  Keys.nick_rooms(new folded) (= KEYS[3] for a case change)
+-- KEYS[5] epoch                 Keys.epoch
 -- ARGV[1] old folded nick
 -- ARGV[2] old owner record      keys.owner_record(gateway, old display nick)
 -- ARGV[3] new folded nick
 -- ARGV[4] new owner record      keys.owner_record(gateway, new display nick)
 -- ARGV[5] new display nick
--- ARGV[6] room members pattern  Keys.room_members_pattern: each room's member hash
---                               is derived from it (the documented exception)
+-- ARGV[6..10] room patterns     Keys.room_patterns(): each room's keys are derived
+--                               from them (the documented exception)
+-- ARGV[11] the announcement's JSON envelope (codec.encode_body, kind "nick")
+-- ARGV[12] log length kept      REPLAY_WINDOW
 --
 -- Returns (RenameResult) 1 renamed, 0 the new nick is taken, -1 the old nick is
 -- not (or no longer) this record's.
 -- include: _rooms.lua
 
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return -1 end
+local rooms
 if ARGV[1] ~= ARGV[3] then
   if redis.call('HSETNX', KEYS[1], ARGV[3], ARGV[4]) == 0 then return 0 end
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('SREM', KEYS[2], ARGV[1])
   redis.call('SADD', KEYS[2], ARGV[3])
-  for _, room in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  rooms = redis.call('SMEMBERS', KEYS[3])
+  for _, room in ipairs(rooms) do
     local m = expand(ARGV[6], room)
     redis.call('HDEL', m, ARGV[1])
     redis.call('HSET', m, ARGV[3], ARGV[5])
@@ -32,8 +38,12 @@ if ARGV[1] ~= ARGV[3] then
   redis.call('DEL', KEYS[3])
 else
   redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
-  for _, room in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  rooms = redis.call('SMEMBERS', KEYS[4])
+  for _, room in ipairs(rooms) do
     redis.call('HSET', expand(ARGV[6], room), ARGV[3], ARGV[5])
   end
+end
+for _, room in ipairs(rooms) do
+  publish_room(KEYS[5], room_keys(6, room), room, ARGV[11], tonumber(ARGV[12]), 0)
 end
 return 1
