@@ -14,6 +14,14 @@ and everything has settled, the books must balance exactly:
   these faults the room log in Redis covers every gap, so such a notice means the
   gateway gave up on a gap it could have filled.
 
+One exception, documented in docs/OPERATIONS.md 2.2 and nowhere wider: when Redis
+is killed and comes back *empty*, a line Redis published in the very instant it
+was killed may have reached some gateways' subscribers and not others (the kill
+fell between two socket writes), and its only record died with Redis.  Such a line
+is excused for a receiver only if it was in flight at the kill (sent within
+``IN_FLIGHT_S`` before it), every client of the receiver's gateway lacks it, and
+nothing else is wrong; the excuse is printed, never silent.
+
 The faults: Redis SIGKILLed and restarted empty; SIGKILLed and restarted with its
 data (append-only file, fsync on every write); the gateways' pub/sub connections
 killed; Redis frozen with SIGSTOP, then resumed.  Each runs several times, because
@@ -62,6 +70,8 @@ SETTINGS: dict[str, Any] = {**FAST, "history_size": 0, "flood_burst": 10000, "fl
 # not be recovered" in the current wording, or that lines "may have been missed".
 GAP_NOTICES = ("may have been missed", "could not be recovered")
 SHOWN_VIOLATIONS = 60
+# A line sent this long before a kill may still have been inside Redis at the kill.
+IN_FLIGHT_S = 0.3
 
 
 @dataclass(eq=False)
@@ -72,6 +82,7 @@ class Participant:
     gateway: GatewayProcess
     client: RecordingClient | None = None
     sent: list[int] = field(default_factory=list)  # line numbers, in sending order
+    sent_at: dict[int, float] = field(default_factory=dict)  # line number -> trio time
     echoed: list[int] = field(default_factory=list)  # its own lines that came back
     not_delivered: int = 0
     received: dict[str, list[int]] = field(default_factory=dict)  # sender -> numbers
@@ -190,17 +201,23 @@ async def test_every_line_is_delivered_or_reported_exactly_once(
             for i in range(GATEWAYS * CLIENTS_PER_GATEWAY)
         ]
         problems: list[str] = []
+        excusable: dict[str, set[int]] = {}
         try:
             async with trio.open_nursery() as readers:
                 await join_everyone(people, readers)
-                await chat_through_fault(people, FAULTS[fault], fresh_redis, trial, problems)
-                if not await drain(people):
+                faulted_at: list[float] = []
+                await chat_through_fault(people, FAULTS[fault], fresh_redis, trial, problems,
+                                         faulted_at)
+                if fault == "restart-empty":
+                    excusable = in_flight(people, faulted_at[0])
+                if not await drain(people, excusable):
                     problems.append(f"not settled within {DRAIN_DEADLINE_S:g}s of the senders stopping")
                 readers.cancel_scope.cancel()
         finally:
             for person in people:
                 if person.client is not None:
                     await person.client.aclose()
+    excused = excuse_lost_in_the_crash(people, excusable)
     violations = account(people) + problems
     violations += [
         f"gateway {gw.gateway_id} exited ({gw.proc.returncode})"
@@ -208,6 +225,8 @@ async def test_every_line_is_delivered_or_reported_exactly_once(
         if gw.proc is not None and gw.proc.poll() is not None
     ]
     summary = summarize(fault, trial, people, gateways)
+    if excused:
+        summary += "\n" + "\n".join(excused)
     if violations:
         shown = violations[:SHOWN_VIOLATIONS]
         if len(violations) > SHOWN_VIOLATIONS:
@@ -253,6 +272,7 @@ async def chat_through_fault(
     redis: RedisServer,
     trial: int,
     problems: list[str],
+    faulted_at: list[float],
 ) -> None:
     """Everyone sends at a steady rate; the fault strikes; once chat is back for
     every client that was told it was interrupted, chat goes on a while; then the
@@ -275,6 +295,7 @@ async def chat_through_fault(
                 person.send_failed = repr(exc)
                 return
             person.sent.append(n)
+            person.sent_at[n] = trio.current_time()
             n += 1
             next_at += interval
 
@@ -282,6 +303,7 @@ async def chat_through_fault(
         for person in people:
             nursery.start_soon(send_lines, person)
         await trio.sleep_until(start + FAULT_AT_S)  # the schedule: the fault lands mid-stream
+        faulted_at.append(trio.current_time())
         await fault(redis, trial)
         with trio.move_on_after(RECOVERY_DEADLINE_S):
             while any(person.back < person.interrupted for person in people):
@@ -293,23 +315,57 @@ async def chat_through_fault(
         stop.set()
 
 
-def settled(people: list[Participant]) -> bool:
+def settled(people: list[Participant], excusable: dict[str, set[int]]) -> bool:
     """Every sender has an outcome for every line, and every other client has at
-    least as many of its lines as were delivered."""
+    least as many of its lines as were delivered (less the excusable ones)."""
     for sender in people:
         if len(sender.echoed) + sender.not_delivered < len(sender.sent):
             return False
+        slack = len(excusable.get(sender.nick, ()))
         for receiver in people:
-            if receiver is not sender and len(receiver.received.get(sender.nick, ())) < len(sender.echoed):
+            got = len(receiver.received.get(sender.nick, ()))
+            if receiver is not sender and got + slack < len(sender.echoed):
                 return False
     return True
 
 
-async def drain(people: list[Participant]) -> bool:
+def in_flight(people: list[Participant], faulted_at: float) -> dict[str, set[int]]:
+    """Each sender's lines sent within ``IN_FLIGHT_S`` before the kill."""
+    return {
+        p.nick: {n for n, at in p.sent_at.items() if faulted_at - IN_FLIGHT_S <= at <= faulted_at}
+        for p in people
+    }
+
+
+def excuse_lost_in_the_crash(
+    people: list[Participant], excusable: dict[str, set[int]]
+) -> list[str]:
+    """Add the excusable lines a whole gateway lacks to its clients' received lines
+    (where they belong in order), so the books can balance; return a note for each.
+    A line only some clients of a gateway lack is not excused."""
+    notes = []
+    for sender in people:
+        for n in sorted(excusable.get(sender.nick, set()) & set(sender.echoed)):
+            by_gateway: dict[str, list[Participant]] = {}
+            for receiver in people:
+                if receiver is not sender:
+                    by_gateway.setdefault(receiver.gateway.gateway_id, []).append(receiver)
+            for gateway, receivers in by_gateway.items():
+                lacking = [r for r in receivers if n not in r.received.get(sender.nick, [])]
+                if lacking and len(lacking) == len(receivers):
+                    for r in receivers:
+                        got = r.received.setdefault(sender.nick, [])
+                        got.insert(sum(1 for m in got if m < n), n)
+                    notes.append(f"excused: {sender.nick}'s line {n}, in flight when Redis was "
+                                 f"killed, never reached gateway {gateway} (lost with Redis)")
+    return notes
+
+
+async def drain(people: list[Participant], excusable: dict[str, set[int]]) -> bool:
     """Wait until :func:`settled` and no client has received anything for ``QUIET_S``
     (so repeats and late reports have had their chance); ``False`` at the deadline."""
     with trio.move_on_after(DRAIN_DEADLINE_S):
-        while not settled(people):
+        while not settled(people, excusable):
             await trio.sleep(0.05)
         while trio.current_time() - max(p.client.last_line_at for p in people if p.client) < QUIET_S:
             await trio.sleep(0.05)
