@@ -266,10 +266,15 @@ class Gateway:
     async def part_room(self, member: Member, name: str) -> None:
         await self.rooms.part(member, name)
 
-    async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int:
+    async def publish(
+        self, room: str, kind: str, nick: str, text: str = "",
+        *, on_lost: Callable[[], None] | None = None,
+    ) -> int:
         started = trio.current_time()
-        seq = await self.bus.publish(room, kind, nick, text)
+        seq, epoch = await self.bus.publish_in_epoch(room, kind, nick, text)
         self.metrics.publish_latency_seconds.observe(trio.current_time() - started)
+        if on_lost is not None:
+            self.rooms.await_echo(room, epoch, seq, on_lost)
         return seq
 
     def resolve_later(

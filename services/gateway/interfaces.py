@@ -91,7 +91,12 @@ class Chat(Protocol):
 
     async def part_room(self, member: Member, name: str) -> None: ...
 
-    async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int: ...
+    async def publish(
+        self, room: str, kind: str, nick: str, text: str = "",
+        *, on_lost: Callable[[], None] | None = None,
+    ) -> int:
+        """Publish; the sequence number.  ``on_lost`` is called if the publication
+        never comes back because Redis lost its data first (nobody may have got it)."""
 
     def resolve_later(
         self, uncertain: PublishUncertain, report: Callable[[Resolution], None]

@@ -13,6 +13,7 @@ waits on a client.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,6 +52,9 @@ class LocalRoom:
     fill_upto: int = 0  # the newest sequence number known to exist when the fill began
     backlog: list[Publication] = field(default_factory=list)
     progress: trio.Event | None = None  # set on each delivery while someone waits
+    # This gateway's own publications not seen back yet, oldest first:
+    # (epoch, seq, called if that epoch ends before seq was seen).
+    awaiting: deque[tuple[str, int, Callable[[], None]]] = field(default_factory=deque)
 
     @property
     def empty(self) -> bool:
@@ -190,6 +194,36 @@ class Rooms:
                 await room.progress.wait()
 
     # -- delivery -------------------------------------------------------------------
+    def await_echo(self, name: str, epoch: str, seq: int, on_lost: Callable[[], None]) -> None:
+        """Our publication ``seq`` of ``epoch`` in ``name`` should come back through
+        the subscriber; if the epoch ends (Redis lost its data) before it did,
+        nobody may have got it: ``on_lost`` is called, once."""
+        room = self.rooms.get(name)
+        if room is None:
+            return
+        if room.epoch == epoch and room.last_seq is not None and room.last_seq >= seq:
+            return  # already delivered
+        room.awaiting.append((epoch, seq, on_lost))
+
+    def _seen_up_to(self, room: LocalRoom) -> None:
+        awaiting = room.awaiting
+        while awaiting and awaiting[0][0] == room.epoch and awaiting[0][1] <= (room.last_seq or 0):
+            awaiting.popleft()
+
+    def _epoch_ended(self, room: LocalRoom, new_epoch: str) -> None:
+        """The room's numbering moves to ``new_epoch``: our publications of the old
+        epoch that never came back were lost with Redis's data."""
+        kept: deque[tuple[str, int, Callable[[], None]]] = deque()
+        for entry in room.awaiting:
+            if entry[0] == new_epoch:
+                kept.append(entry)
+            elif entry[0] == room.epoch:
+                log.warning("message.lost_with_epoch", room=room.name, epoch=entry[0], seq=entry[1])
+                entry[2]()
+            else:
+                kept.append(entry)
+        room.awaiting = kept
+
     def on_publication(self, channel: bytes, data: bytes) -> None:
         """A message on a room channel.  Raises ``ValueError``, ``KeyError`` or
         ``TypeError`` when it is malformed."""
@@ -228,6 +262,7 @@ class Rooms:
             # epoch counts, from seq 1, whatever this gateway missed while it was
             # resubscribing.
             log.info("room.new_epoch", room=room.name, old=room.epoch, new=pub.epoch)
+            self._epoch_ended(room, pub.epoch)
             room.epoch, room.last_seq = pub.epoch, 0
         assert room.last_seq is not None
         if pub.seq <= room.last_seq:
@@ -253,6 +288,8 @@ class Rooms:
         if room.progress is not None:
             room.progress.set()
             room.progress = None
+        if room.awaiting:
+            self._seen_up_to(room)
         self.metrics.deliveries_total.inc(len(room.members))
 
     # -- gaps -----------------------------------------------------------------------
@@ -356,6 +393,7 @@ class Rooms:
                 if room.epoch is not None and epoch_order(epoch) < epoch_order(room.epoch):
                     continue
                 log.info("room.new_epoch", room=room.name, old=room.epoch, new=epoch)
+                self._epoch_ended(room, epoch)
                 room.epoch, room.last_seq = epoch, 0
             if seq > room.last_seq:
                 self._start_fill(room, [], upto=seq)

@@ -242,7 +242,8 @@ class Session:
         assert self.nick is not None
         room = self.rooms[-1]
         try:
-            seq = await self.chat.publish(room, kind, self.nick, text)
+            seq = await self.chat.publish(room, kind, self.nick, text,
+                                          on_lost=self._lost_with_redis)
         except PublishUncertain as exc:
             self.log.warning("message.uncertain", room=room, error=str(exc))
             self.chat.resolve_later(exc, self._report_outcome)
@@ -253,6 +254,11 @@ class Session:
             return
         self.last_published = (room, seq)
         self.chat.count_message_in()
+
+    def _lost_with_redis(self) -> None:
+        # Redis answered, then lost its data before the line came back: it may have
+        # reached some gateways, or none.
+        self.deliver(p.NOT_CONFIRMED)
 
     def _report_outcome(self, outcome: Resolution) -> None:
         if outcome is Resolution.PUBLISHED:

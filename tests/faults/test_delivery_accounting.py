@@ -17,10 +17,12 @@ and everything has settled, the books must balance exactly:
 One exception, documented in docs/OPERATIONS.md 2.2 and nowhere wider: when Redis
 is killed and comes back *empty*, a line Redis published in the very instant it
 was killed may have reached some gateways' subscribers and not others (the kill
-fell between two socket writes), and its only record died with Redis.  Such a line
-is excused for a receiver only if it was in flight at the kill (sent within
-``IN_FLIGHT_S`` before it), every client of the receiver's gateway lacks it, and
-nothing else is wrong; the excuse is printed, never silent.
+fell between two socket writes), and its only record died with Redis.  Its sender
+still gets exactly one outcome (the echo, or "not delivered", or "not confirmed"
+when even the gateway cannot know); which gateways got it is excused only if it
+was in flight at the kill (sent within ``IN_FLIGHT_S`` before it) and all clients
+of each gateway agree (all have it, or none); the excuse is printed, never silent.
+"not confirmed" anywhere else is a violation.
 
 The faults: Redis SIGKILLed and restarted empty; SIGKILLed and restarted with its
 data (append-only file, fsync on every write); the gateways' pub/sub connections
@@ -84,7 +86,8 @@ class Participant:
     sent: list[int] = field(default_factory=list)  # line numbers, in sending order
     sent_at: dict[int, float] = field(default_factory=dict)  # line number -> trio time
     echoed: list[int] = field(default_factory=list)  # its own lines that came back
-    not_delivered: int = 0
+    not_delivered: int = 0  # "not delivered" and "not confirmed" reports
+    not_confirmed: int = 0
     received: dict[str, list[int]] = field(default_factory=dict)  # sender -> numbers
     told_missed: list[str] = field(default_factory=list)  # gap notices
     unexpected: list[str] = field(default_factory=list)
@@ -113,6 +116,12 @@ class Participant:
             return  # joins (and any leaves) are not what is counted here
         elif line.startswith("!! not delivered"):
             self.not_delivered += 1
+            return
+        elif line.startswith("!! not confirmed"):
+            # An outcome too: the gateway could not find out (Redis lost the line's
+            # record); allowed only for a line in flight when Redis died empty.
+            self.not_delivered += 1
+            self.not_confirmed += 1
             return
         elif line.startswith("!! ") and any(notice in line for notice in GAP_NOTICES):
             self.told_missed.append(line)
@@ -218,7 +227,7 @@ async def test_every_line_is_delivered_or_reported_exactly_once(
                 if person.client is not None:
                     await person.client.aclose()
     excused = excuse_lost_in_the_crash(people, excusable)
-    violations = account(people) + problems
+    violations = account(people, excusable) + problems
     violations += [
         f"gateway {gw.gateway_id} exited ({gw.proc.returncode})"
         for gw in gateways
@@ -340,24 +349,33 @@ def in_flight(people: list[Participant], faulted_at: float) -> dict[str, set[int
 def excuse_lost_in_the_crash(
     people: list[Participant], excusable: dict[str, set[int]]
 ) -> list[str]:
-    """Add the excusable lines a whole gateway lacks to its clients' received lines
-    (where they belong in order), so the books can balance; return a note for each.
-    A line only some clients of a gateway lack is not excused."""
+    """For each excusable line where every client of a gateway agrees (all have it
+    or none), make that gateway's clients agree with what the sender saw, so the
+    books can balance; return a note for each.  A line some clients of a gateway
+    have and others lack is not excused."""
     notes = []
     for sender in people:
-        for n in sorted(excusable.get(sender.nick, set()) & set(sender.echoed)):
-            by_gateway: dict[str, list[Participant]] = {}
-            for receiver in people:
-                if receiver is not sender:
-                    by_gateway.setdefault(receiver.gateway.gateway_id, []).append(receiver)
+        by_gateway: dict[str, list[Participant]] = {}
+        for receiver in people:
+            if receiver is not sender:
+                by_gateway.setdefault(receiver.gateway.gateway_id, []).append(receiver)
+        for n in sorted(excusable.get(sender.nick, set())):
+            echoed = n in sender.echoed
             for gateway, receivers in by_gateway.items():
-                lacking = [r for r in receivers if n not in r.received.get(sender.nick, [])]
-                if lacking and len(lacking) == len(receivers):
-                    for r in receivers:
-                        got = r.received.setdefault(sender.nick, [])
+                have = [n in r.received.get(sender.nick, []) for r in receivers]
+                if all(have) == echoed and all(x == have[0] for x in have):
+                    continue  # as promised
+                if not all(x == have[0] for x in have):
+                    continue  # clients of one gateway disagree: a real violation
+                for r in receivers:
+                    got = r.received.setdefault(sender.nick, [])
+                    if echoed:
                         got.insert(sum(1 for m in got if m < n), n)
-                    notes.append(f"excused: {sender.nick}'s line {n}, in flight when Redis was "
-                                 f"killed, never reached gateway {gateway} (lost with Redis)")
+                    else:
+                        got.remove(n)
+                what = "never reached" if echoed else "reached, though its sender never saw it echoed,"
+                notes.append(f"excused: {sender.nick}'s line {n}, in flight when Redis was "
+                             f"killed, {what} gateway {gateway} (lost with Redis)")
     return notes
 
 
@@ -376,7 +394,7 @@ async def drain(people: list[Participant], excusable: dict[str, set[int]]) -> bo
 # -- the books ----------------------------------------------------------------------------------
 
 
-def account(people: list[Participant]) -> list[str]:
+def account(people: list[Participant], excusable: dict[str, set[int]]) -> list[str]:
     """Every violation of the accounting, one line each; clients that saw the same
     problem with one sender's lines share a line (``ls0-ls9 got ...``)."""
     problems: list[str] = []
@@ -416,6 +434,9 @@ def account(people: list[Participant]) -> list[str]:
         for line, group in told.items()
     ]
     problems += [f"{clients(group)} got an unexpected line: {line!r}" for line, group in unexpected.items()]
+    for person in people:
+        if person.not_confirmed and not excusable.get(person.nick):
+            problems.append(f"{person.nick} was told 'not confirmed' {person.not_confirmed} times")
     for person in people:
         if person.client is not None and person.client.eof:
             problems.append(f"{person.nick} was disconnected; last lines {person.client.lines[-3:]}")

@@ -288,3 +288,29 @@ async def test_a_new_epoch_is_delivered_from_its_first_line(
     await alice.expect(r"^#lobby <bob> new 4$")
     assert not any("stale" in m for m in alice.lines)
     await alice.aclose()
+
+
+async def test_malformed_bus_messages_are_dropped_and_the_gateway_keeps_serving(
+    start_gateway: StartGateway, rc: redis.Redis, key_prefix: str
+) -> None:
+    """One bad message on any channel (a buggy tool, a hand-typed PUBLISH) is logged
+    and dropped; it never ends the subscriber's reader or the process."""
+    gw = await start_gateway()
+    alice = await ChatClient.join(gw.ports[0], "alice")
+    node = f"{key_prefix}node:{gw.incarnation}"
+    for channel, data in [
+        (f"{key_prefix}all", "[1]"),
+        (f"{key_prefix}all", '{"t": "announce"}'),
+        (f"{key_prefix}all", "\xff not json"),
+        (node, '{"t": "pm", "to": 5}'),
+        (node, '{"t": "kick"}'),
+        (node, '{"t": "no-such-type"}'),
+        (f"{key_prefix}room:#lobby", "garbage"),
+        (f"{key_prefix}room:#lobby", "1 x #lobby {}"),
+    ]:
+        rc.publish(channel, data)
+    await alice.send("still here")
+    await alice.expect(r"^#lobby <alice> still here$")
+    await wait_until(lambda: gw.ready()[0])
+    assert not any(line.startswith("!!") for line in alice.lines)
+    await alice.aclose()

@@ -94,7 +94,8 @@ class MemoryChat:
         self.members.get(name, set()).discard(member)
         member.left(name)
 
-    async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int:
+    async def publish(self, room: str, kind: str, nick: str, text: str = "",
+                      *, on_lost: Callable[[], None] | None = None) -> int:
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
             raise exc

@@ -208,7 +208,16 @@ class Bus:
         ))
 
     async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int:
-        """Publish in ``room``; returns the publication's sequence number.
+        """Publish in ``room``; returns the publication's sequence number (see
+        :meth:`publish_in_epoch`, which also returns the epoch)."""
+        seq, _epoch = await self.publish_in_epoch(room, kind, nick, text)
+        return seq
+
+    async def publish_in_epoch(
+        self, room: str, kind: str, nick: str, text: str = ""
+    ) -> tuple[int, str]:
+        """Publish in ``room``; returns the publication's sequence number and the
+        epoch it counts in.
 
         Raises :class:`PublishUncertain` when the command was written but no answer
         came (it may have run: :meth:`resolve` tells), and another
@@ -222,21 +231,19 @@ class Bus:
         deadline_ms = int((submitted + self.redis.timeout_s) * 1000)
         try:
             k = self.keys
-            seq = int(
-                await self._publish(
-                    self.redis,
-                    [k.epoch, k.room_seq(room), k.room_log(room), k.room_history(room)],
-                    [k.room_channel(room), room, body, REPLAY_WINDOW, deadline_ms,
-                     HISTORY_KEEP if kind in CHAT_KINDS else 0],
-                )
+            reply = await self._publish(
+                self.redis,
+                [k.epoch, k.room_seq(room), k.room_log(room), k.room_history(room)],
+                [k.room_channel(room), room, body, REPLAY_WINDOW, deadline_ms,
+                 HISTORY_KEEP if kind in CHAT_KINDS else 0],
             )
         except CommandNotSent:
             raise
         except RedisUnavailable as exc:
             raise PublishUncertain(str(exc), room, pub_id, deadline_ms, submitted) from None
-        if seq == 0:
+        if not isinstance(reply, list):  # 0: it reached Redis after its deadline
             raise RedisUnavailable("publication reached Redis after its deadline; dropped")
-        return seq
+        return int(reply[0]), reply[1].decode()
 
     async def resolve(self, uncertain: PublishUncertain) -> tuple[Resolution, int]:
         """Whether an uncertain publication was published, and its sequence number

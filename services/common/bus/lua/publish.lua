@@ -11,8 +11,8 @@
 -- ARGV[5] deadline, unix ms on Redis's clock (0: none)
 -- ARGV[6] history length kept   HISTORY_KEEP for chat lines and actions, 0 for the rest
 --
--- Returns the publication's sequence number (>= 1), or 0 when the script ran
--- after its deadline: the caller already told the client the line was not sent,
+-- Returns {sequence number (>= 1), epoch}, or 0 when the script ran after its
+-- deadline: the caller already told the client the line was not sent,
 -- so nothing is published and a timeout never turns into a late send.
 -- include: _rooms.lua
 
@@ -22,4 +22,5 @@ if deadline > 0 then
   if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then return 0 end
 end
 local r = {seq = KEYS[2], log = KEYS[3], history = KEYS[4], channel = ARGV[1]}
-return publish_room(KEYS[1], r, ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6]))
+local seq = publish_room(KEYS[1], r, ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6]))
+return {seq, redis.call('GET', KEYS[1])}
