@@ -208,7 +208,8 @@ class Settings:
     gateway_id: str = _setting(
         "<generated>",
         parse_gateway_id,
-        "unique name of this gateway in the cluster (default: host-pid-random)",
+        "name of this gateway in logs, metrics and chat-admin; a restart may reuse it"
+        " (default: host-pid-random)",
         metavar="ID",
     )
     log_format: str = _setting(
