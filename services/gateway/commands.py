@@ -19,9 +19,7 @@ Handler = Callable[[Caller, str], Awaitable[str | None]]
 
 WHO_LIMIT = 500
 MAX_ROOMS_PER_CLIENT = 20
-NO_ROOM = p.error("you are in no room; /join #room to chat")
 
-UNAVAILABLE = p.error("chat is unavailable right now (cannot reach Redis); try again shortly")
 
 
 class Commands:
@@ -53,7 +51,7 @@ class Commands:
             return await handler(caller, command.arg)
         except RedisError as exc:
             caller.log.warning("command.failed", command=command.name, error=str(exc))
-            caller.deliver(UNAVAILABLE)
+            caller.deliver(p.UNAVAILABLE)
             return None
 
     async def help(self, caller: Caller, arg: str) -> str | None:
@@ -164,7 +162,7 @@ class Commands:
             caller.deliver(p.error("usage: /me ACTION"))
             return None
         if not caller.rooms:
-            caller.deliver(NO_ROOM)
+            caller.deliver(p.NO_ROOM)
             return None
         if not caller.spend():
             return None

@@ -197,6 +197,8 @@ def missed_line(room: str, count: int) -> bytes:
     return error(f"{count} lines in {room} may have been missed: they were lost in a Redis fault")
 
 
+UNAVAILABLE = error("chat is unavailable right now (cannot reach Redis); try again shortly")
+NO_ROOM = error("you are in no room; /join #room to chat")
 NOT_DELIVERED = error("not delivered: chat is unavailable right now; your line was not sent")
 NOT_CONFIRMED = error(
     "not confirmed: Redis did not say whether your line was sent; it may not have been delivered"

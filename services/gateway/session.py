@@ -34,8 +34,6 @@ FAREWELL_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 2.0
 _conn_ids = itertools.count(1)
 
-UNAVAILABLE = p.error("chat is unavailable right now (cannot reach Redis); try again shortly")
-NOT_DELIVERED = p.NOT_DELIVERED
 FLOODED = p.error("too many lines, slow down; your line was not sent")
 
 
@@ -176,7 +174,7 @@ class Session:
         """Read and handle lines until the client leaves; returns how it ended."""
         self.deliver(p.info(f"welcome to the chat on gateway {self.chat.gateway_id}"))
         if not self.chat.available:
-            self.deliver(UNAVAILABLE)
+            self.deliver(p.UNAVAILABLE)
         self.deliver(p.NICK_PROMPT)
         pending = self.framer.feed(leftover) if leftover else []
         nick_deadline = trio.current_time() + self.settings.nick_timeout_s
@@ -230,7 +228,7 @@ class Session:
         if not self.spend():
             return None
         if not self.rooms:
-            self.deliver(p.error("you are in no room; /join #room to chat"))
+            self.deliver(p.NO_ROOM)
             return None
         await self.say("msg", p.chat_text(text))
         return None
@@ -250,7 +248,7 @@ class Session:
             return
         except RedisError as exc:
             self.log.warning("message.not_delivered", room=room, error=str(exc))
-            self.deliver(NOT_DELIVERED)
+            self.deliver(p.NOT_DELIVERED)
             return
         self.last_published = (room, seq)
         self.chat.count_message_in()
@@ -264,7 +262,7 @@ class Session:
         if outcome is Resolution.PUBLISHED:
             self.chat.count_message_in()
         elif outcome is Resolution.NOT_PUBLISHED:
-            self.deliver(NOT_DELIVERED)
+            self.deliver(p.NOT_DELIVERED)
         else:
             self.deliver(p.NOT_CONFIRMED)
 
@@ -292,7 +290,7 @@ class Session:
             claimed = await self.chat.claim_nick(self, folded, nick)
         except RedisError as exc:
             self.log.warning("nick.unavailable", attempted=nick, error=str(exc))
-            self.deliver(UNAVAILABLE)
+            self.deliver(p.UNAVAILABLE)
             self.deliver(p.NICK_PROMPT)
             return None
         if not claimed:
@@ -317,7 +315,7 @@ class Session:
                     pass  # re-assertion or the lease reaper releases it later
             self.nick = self.folded = None
             self.rebind()
-            self.deliver(UNAVAILABLE)
+            self.deliver(p.UNAVAILABLE)
             self.deliver(p.NICK_PROMPT)
         return None
 
