@@ -107,6 +107,10 @@ class Bus:
         """A publication id, unique within this gateway process."""
         return str(next(self._pub_ids))
 
+    def _announcement(self, kind: str, nick: str) -> str:
+        """The envelope a membership script publishes (``""``: it publishes none)."""
+        return encode_body(kind, nick, "", self.gateway_id, self._next_id()) if kind else ""
+
     async def sync_clock(self) -> float:
         """Measure Redis's clock against ours, so deadlines checked inside Redis
         hold even when the two hosts' clocks differ."""
@@ -186,7 +190,7 @@ class Bus:
         announcement's sequence number; 0 when nothing was announced (none asked
         for, or it was a member already)."""
         k = self.keys
-        body = encode_body(announce, nick, "", self.gateway_id, self._next_id()) if announce else ""
+        body = self._announcement(announce, nick)
         return int(await self._join(
             self.redis,
             [k.room_seq(room), k.room_history(room), k.room_log(room), k.room_members(room),
@@ -199,7 +203,7 @@ class Bus:
         announce it in the same step, only if it was a member.  An emptied room's
         keys start to expire.  ``True`` when it was a member."""
         k = self.keys
-        body = encode_body(announce, nick, "", self.gateway_id, self._next_id()) if announce else ""
+        body = self._announcement(announce, nick)
         return bool(await self._leave(
             self.redis,
             [k.room_members(room), k.room_seq(room), k.room_history(room), k.room_log(room),
