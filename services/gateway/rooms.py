@@ -101,6 +101,7 @@ class Rooms:
         if room is None:
             room = self.rooms[name] = LocalRoom(name, self.keys.room_channel(name).encode())
         room.joining[member] = []
+        join_sent = False
         try:
             if not room.subscribed:
                 await self.subscriber.subscribe(room.channel)
@@ -108,11 +109,13 @@ class Rooms:
             # History first: what is published after it reaches the member live
             # (buffered in room.joining until it is a member here).
             history = await self.bus.history(name, self.settings.history_size)
+            join_sent = True
             await self.bus.join_room(name, member.folded, member.nick, announce=kind)
         except BaseException:
             room.joining.pop(member, None)
             await self._drop_if_empty(room)
-            self.spawn(self._undo_join, name, member.folded, member.nick)
+            if join_sent:  # it may have reached Redis after all
+                self.spawn(self._undo_join, name, member.folded, member.nick)
             raise
         buffered = room.joining.pop(member, [])
         room.members.add(member)
