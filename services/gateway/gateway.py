@@ -39,7 +39,7 @@ from services.common.bus.codec import (
     decode_broadcast,
     decode_node_message,
 )
-from services.common.config import Settings
+from services.common.config import HostPort, Settings
 from services.common.http import serve_http
 from services.common.keys import Keys, incarnation_id
 from services.common.metrics import Metrics
@@ -152,6 +152,9 @@ class Gateway:
             nursery.start_soon(self.membership.heartbeat_loop)
             nursery.start_soon(self.membership.canary_loop)
             ports = await nursery.start(self.server.serve)
+            listen = self.settings.listen
+            if ports:
+                self.membership.listen_address = str(HostPort(listen.host, ports[0]))
             log.info(
                 "gateway.started",
                 incarnation=self.incarnation,

@@ -67,6 +67,9 @@ class Membership:
         self.incarnation = incarnation
         self.client_count = client_count
         self.tell_everyone = tell_everyone
+        # What the heartbeat tells operators; the bound address once listening
+        # (the configured port may be 0).
+        self.listen_address = str(settings.listen)
         self.started_at = time.time()
         self.available = False  # both connections up and re-asserted
         self.first_available = trio.Event()
@@ -194,7 +197,7 @@ class Membership:
             self.settings.heartbeat_ttl_s,
             {
                 "clients": self.client_count(),
-                "listen": str(self.settings.listen),
+                "listen": self.listen_address,
                 "pid": os.getpid(),
                 "started_at": int(self.started_at),
                 "name": self.name,

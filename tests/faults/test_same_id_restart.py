@@ -29,7 +29,7 @@ import trio
 from tests.faults.conftest import FAST
 from tests.support.chat_client import ChatClient
 from tests.support.gateway_process import GatewayProcess
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
 
 RESTARTS = 10
 WELCOME_TIMEOUT_S = 20.0
@@ -245,7 +245,8 @@ async def test_clients_arriving_while_gateway_starts_are_held_not_refused(
                 nursery.start_soon(early, proc.port, nick)
 
     # 1. A gateway starting for the first time.
-    first = spawn("early", prefix)
+    # The clients connect before the gateway logs its port: choose one for it.
+    first = spawn("early", prefix, port=free_port())
     await start_with_early_clients(first, ["early1", "early2", "early3"])
 
     # 2. The same gateway SIGKILLed with users in two rooms, restarted under its id:

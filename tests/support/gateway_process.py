@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from services.common.probes import free_port, http_get
+from services.common.probes import http_get
 from services.common.processes import Process, wait_until
 from tests.support.processes import REPO
 
@@ -22,9 +22,12 @@ class GatewayProcess:
     """One gateway process.  Its stdout (JSON log lines) goes to ``log_path``.
 
     ``settings`` become ``CHAT_*`` variables (``drain_timeout_s=3`` is
-    ``CHAT_DRAIN_TIMEOUT_S=3``), except ``port`` (the chat port, default a free
-    one) and ``http_port`` (serve /healthz, /readyz and /metrics there; 0 for a
-    free one; then :meth:`start` also waits for /readyz to answer 200).
+    ``CHAT_DRAIN_TIMEOUT_S=3``), except ``port`` (the chat port; by default the
+    gateway binds port 0 and :meth:`start` reads the port it got from its
+    ``gateway.started`` event, so no other process can take a port chosen in
+    advance) and ``http_port`` (serve /healthz, /readyz and /metrics there; 0
+    for any free one, read from ``http.started``; then :meth:`start` also waits
+    for /readyz to answer 200).
 
     As a context manager, leaving the block stops it (SIGTERM, or SIGKILL when
     the block raised) and removes its log (see :meth:`cleanup`).
@@ -32,9 +35,9 @@ class GatewayProcess:
 
     def __init__(self, redis_url: str, gateway_id: str, **settings: Any) -> None:
         self.gateway_id = gateway_id
-        self.port = int(settings.pop("port", 0)) or free_port()
+        self.port = int(settings.pop("port", 0))
         http_port = settings.pop("http_port", None)
-        self.http_port: int | None = None if http_port is None else int(http_port) or free_port()
+        self.http_port: int | None = None if http_port is None else int(http_port)
         self.env = dict(os.environ)
         self.env.update(
             {
@@ -73,7 +76,11 @@ class GatewayProcess:
             cwd=REPO,
             log_path=self.log_path,
         )
-        self.wait_for_event("gateway.started", timeout)
+        started = self.wait_for_event("gateway.started", timeout)
+        self.port = int(started["ports"][0])
+        if self.http_port is not None:
+            listen = str(self.wait_for_event("http.started", timeout)["listen"])
+            self.http_port = int(listen.rsplit(":", 1)[1])
         if wait_ready:
             # Listening is not enough: a client arriving before the first Redis
             # connection would (correctly) be told chat is unavailable.

@@ -12,7 +12,7 @@ import redis
 
 from services.cluster.redis_server import find_redis_server, redis_server_command
 from services.common.probes import free_port, redis_ping
-from services.common.processes import Process, wait_until
+from services.common.processes import Process, ProcessExited, wait_until
 
 __all__ = ["RedisServer", "free_port", "redis_server_binary"]
 
@@ -44,6 +44,9 @@ class RedisServer:
         self, port: int | None = None, password: str | None = None, *, appendonly: bool = False
     ) -> None:
         self.port = port or free_port()
+        # A port chosen here was free a moment ago; another process (or an outgoing
+        # connection's local port) may take it before redis-server binds it.
+        self._port_chosen = port is None
         self.password = password
         self.appendonly = appendonly
         self.dir = tempfile.mkdtemp(prefix="chat-redis-")
@@ -65,19 +68,43 @@ class RedisServer:
         )
 
     def start(self) -> None:
-        """Start it and return once it answers PING."""
+        """Start it and return once it answers; on a port this object chose, try
+        another port when that one was taken meanwhile."""
+        for _ in range(4 if self._port_chosen else 1):
+            try:
+                self._start_once()
+                return
+            except ProcessExited as exc:
+                if not (self._port_chosen and "Address already in use" in str(exc)):
+                    raise
+                self.port = free_port()
+        self._start_once()
+
+    def _answering(self) -> bool:
+        """This process (not another one that holds the port) answers on the port."""
+        assert self.process is not None
+        if not redis_ping(self.port, password=self.password):
+            return False
+        try:
+            with self.client() as client:
+                return int(client.info("server")["process_id"]) == self.process.pid
+        except redis.RedisError:
+            return False
+
+    def _start_once(self) -> None:
         extra = ["--requirepass", self.password] if self.password else []
         if self.appendonly:  # later arguments win over the no-persistence defaults
             extra += ["--appendonly", "yes", "--appendfsync", "always"]
         command = redis_server_command(redis_server_binary(), self.port, workdir=self.dir, extra=extra)
         self.process = Process("redis", command, log_path=Path(self.dir) / "redis.log")
         wait_until(
-            lambda: redis_ping(self.port, password=self.password),
+            self._answering,
             START_TIMEOUT_S,
             f"redis-server on port {self.port} to answer PING",
             interval_s=0.02,
             process=self.process,
         )
+        self._port_chosen = False  # a restart keeps this port
 
     def kill(self) -> None:
         """SIGKILL: the data is gone, unless ``appendonly`` (then what Redis
