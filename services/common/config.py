@@ -272,16 +272,19 @@ class Settings:
         metavar="SECONDS",
     )
     nick_timeout_s: float = _setting(
-        "inf",
+        "30",
         parse_duration,
         "disconnect clients that have not chosen a nickname this long (inf = off)",
         metavar="SECONDS",
     )
     flood_burst: int = _setting(
-        "10", parse_positive_int, "lines a client may send at once before throttling", metavar="N"
+        "10", parse_positive_int,
+        "flood budget: tokens a client may spend at once (a chat line costs 1, commands more)",
+        metavar="N",
     )
     flood_rate: float = _setting(
-        "5", parse_duration, "lines per second a client may sustain", metavar="PER_SECOND"
+        "5", parse_duration, "flood budget: tokens per second a client regains",
+        metavar="PER_SECOND",
     )
     http_listen: HostPort | None = _setting(
         "off",
@@ -297,6 +300,33 @@ class Settings:
         parse_networks,
         "comma-separated networks allowed to send PROXY headers",
         metavar="CIDRS",
+    )
+
+    # -- abuse resistance: timeouts, flood control, bounded replies (issue 10) -----
+    keepalive_idle_s: float = _setting(
+        "60",
+        parse_duration,
+        "TCP keepalive: a client's socket silent this long is probed by the kernel"
+        " (inf = no keepalive)",
+        metavar="SECONDS",
+    )
+    keepalive_interval_s: float = _setting(
+        "10", parse_duration, "TCP keepalive: seconds between unanswered probes",
+        metavar="SECONDS",
+    )
+    keepalive_count: int = _setting(
+        "6", parse_positive_int,
+        "TCP keepalive: unanswered probes after which the client is disconnected", metavar="N",
+    )
+    max_lines_before_nick: int = _setting(
+        "10", parse_positive_int,
+        "lines a client may send before it holds a nickname; then it is disconnected",
+        metavar="N",
+    )
+    rooms_per_minute: int = _setting(
+        "5", parse_positive_int,
+        "new rooms (joins of a room with no members) one connection may create per minute",
+        metavar="N",
     )
 
     def __post_init__(self) -> None:
@@ -317,6 +347,11 @@ class Settings:
             raise ConfigError(f"CHAT_HISTORY_SIZE must be at most 500, got {self.history_size}")
         if self.flood_rate <= 0:
             raise ConfigError("flood_rate must be positive")
+        if self.keepalive_idle_s < 1 or not 1 <= self.keepalive_interval_s < math.inf:
+            raise ConfigError(
+                "CHAT_KEEPALIVE_IDLE_S and CHAT_KEEPALIVE_INTERVAL_S must be at least 1 second"
+                " (and the interval finite)"
+            )
 
 
 ENV_PREFIX = "CHAT_"

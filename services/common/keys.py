@@ -17,7 +17,8 @@ Keys
 ``{p}room:{room}:history``     LIST  the room's last chat lines and actions (replayed on join)
 ``{p}room:{room}:log``         LIST  every recent publication of the room (for gap filling)
 ``{p}epoch``                   STRING changes when Redis lost its data; part of every publication
-``{p}rooms``                   SET   rooms that currently have members
+``{p}rooms-by-size``           ZSET  rooms that currently have members, scored by minus
+                                     their member count (largest first in ZRANGE)
 ``{p}nick:{folded}:rooms``     SET   rooms a nickname is in
 
 Channels
@@ -83,7 +84,9 @@ class Keys:
     # -- rooms --------------------------------------------------------------
     @property
     def rooms(self) -> str:
-        return f"{self.prefix}rooms"
+        # Once a SET named "rooms"; the new name keeps an old SET from making the
+        # scripts fail with WRONGTYPE after an upgrade.
+        return f"{self.prefix}rooms-by-size"
 
     def room_members(self, room: str) -> str:
         return f"{self.prefix}room:{room}:members"

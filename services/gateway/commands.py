@@ -11,14 +11,60 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from services.common.bus import RoomLimitReached
 from services.common.redis import RedisError
 from services.gateway import protocol as p
 from services.gateway.interfaces import Caller, Chat
 
 Handler = Callable[[Caller, str], Awaitable[str | None]]
 
-WHO_LIMIT = 500
 MAX_ROOMS_PER_CLIENT = 20
+
+# Flood control: every line a client sends costs tokens from one budget per
+# connection (CHAT_FLOOD_BURST tokens, CHAT_FLOOD_RATE more per second), weighted
+# by what it costs Redis, the gateway and the other members.  docs/PROTOCOL.md
+# lists the same table.
+CHAT_COST = 1.0  # a chat line; /me and /msg cost the same
+NICK_ATTEMPT_COST = 1.0  # a line offered as a nickname
+BAD_LINE_COST = 1.0  # too long, invalid UTF-8, control characters
+UNKNOWN_COMMAND_COST = 1.0
+COMMAND_COSTS: dict[str, float] = {
+    "quit": 0.0,
+    "me": CHAT_COST,
+    "msg": CHAT_COST,
+    "part": 1.0,
+    "help": 2.0,  # a dozen lines of output
+    "nick": 3.0,  # a line to every member of every room the client is in
+    "join": 3.0,  # a script, an announcement, and a history replay (CHAT_HISTORY_SIZE lines)
+    "who": 3.0,  # reads up to LIST_LIMIT names
+    "rooms": 3.0,
+}
+
+# /who and /rooms show at most this many names, and their one reply line stays
+# under the asker's output buffer divided by LIST_BUFFER_FRACTION; the rest is
+# counted ("and N more").
+LIST_LIMIT = 100
+LIST_BUFFER_FRACTION = 8
+
+
+def command_cost(name: str) -> float:
+    """What running ``/name`` takes from the flood budget."""
+    return COMMAND_COSTS.get(name, UNKNOWN_COMMAND_COST)
+
+
+def listing(head: str, total: int, items: list[str], max_bytes: int) -> bytes:
+    """``== HEAD: a, b, c and N more`` as one line of at most about ``max_bytes``:
+    items past the budget are counted in "and N more", never sent."""
+    shown: list[str] = []
+    size = len(head) + 32
+    for item in items:
+        size += len(item.encode()) + 2
+        if size > max_bytes:
+            break
+        shown.append(item)
+    more = max(total, len(items)) - len(shown)
+    tail = f" and {more} more" if more > 0 else ""
+    return p.info(f"{head}: {', '.join(shown)}{tail}")
 
 
 
@@ -39,7 +85,13 @@ class Commands:
             "me": self.me,
         }
 
+    def reply_budget(self) -> int:
+        """The most bytes one /who or /rooms reply may take."""
+        return max(256, self.chat.settings.outbox_bytes // LIST_BUFFER_FRACTION)
+
     async def run(self, caller: Caller, command: p.Command) -> str | None:
+        if not caller.spend(command_cost(command.name)):
+            return None
         handler = self.table.get(command.name)
         if handler is None:
             self.chat.count_rejected("unknown_command")
@@ -66,14 +118,12 @@ class Commands:
             if problem:
                 caller.deliver(p.error(f"invalid room: {problem}"))
                 return None
-            nicks = await self.chat.room_members(room)
+            total, nicks = await self.chat.room_members(room, LIST_LIMIT)
             where = f" in {room}"
         else:
-            nicks = await self.chat.online()
+            total, nicks = await self.chat.online(LIST_LIMIT)
             where = " online"
-        shown = ", ".join(nicks[:WHO_LIMIT])
-        more = f" and {len(nicks) - WHO_LIMIT} more" if len(nicks) > WHO_LIMIT else ""
-        caller.deliver(p.info(f"{len(nicks)}{where}: {shown}{more}"))
+        caller.deliver(listing(f"{total}{where}", total, nicks, self.reply_budget()))
         return None
 
     async def join(self, caller: Caller, arg: str) -> str | None:
@@ -92,7 +142,19 @@ class Commands:
         if len(caller.rooms) >= MAX_ROOMS_PER_CLIENT:
             caller.deliver(p.error(f"you are in {MAX_ROOMS_PER_CLIENT} rooms already; /part one first"))
             return None
-        await self.chat.join_room(caller, room, kind="enter")
+        may_create = caller.may_create_room()
+        try:
+            created = await self.chat.join_room(caller, room, kind="enter", may_create=may_create)
+        except RoomLimitReached:
+            self.chat.count_rejected("room_limit")
+            per_minute = self.chat.settings.rooms_per_minute
+            caller.deliver(p.error(
+                f"{room} does not exist and you created {per_minute} rooms in the last minute;"
+                " wait, or /join a room that has members"
+            ))
+            return None
+        if created:
+            caller.created_room()
         caller.deliver(p.info(f"now talking in {room}"))
         return None
 
@@ -112,9 +174,12 @@ class Commands:
         return None
 
     async def rooms(self, caller: Caller, arg: str) -> str | None:
-        rooms = await self.chat.room_counts()
-        listing = ", ".join(f"{name} ({count})" for name, count in sorted(rooms.items()))
-        caller.deliver(p.info(f"{len(rooms)} rooms: {listing}" if rooms else "0 rooms"))
+        total, rooms = await self.chat.room_counts(LIST_LIMIT)
+        if not rooms:
+            caller.deliver(p.info("0 rooms"))
+            return None
+        items = [f"{name} ({count})" for name, count in rooms]
+        caller.deliver(listing(f"{total} rooms", total, items, self.reply_budget()))
         return None
 
     async def msg(self, caller: Caller, arg: str) -> str | None:
@@ -124,8 +189,6 @@ class Commands:
             caller.deliver(p.error("usage: /msg NICK TEXT"))
             return None
         assert caller.nick is not None
-        if not caller.spend():
-            return None
         try:
             display = await self.chat.send_private(caller.nick, target, text)
         except LookupError as exc:
@@ -163,8 +226,6 @@ class Commands:
             return None
         if not caller.rooms:
             caller.deliver(p.NO_ROOM)
-            return None
-        if not caller.spend():
             return None
         await caller.say("act", arg)
         return None

@@ -6,7 +6,8 @@ import trio
 
 
 class TokenBucket:
-    """``burst`` lines at once, then ``rate`` lines per second."""
+    """``burst`` tokens at once, then ``rate`` tokens per second.  A cost above
+    ``burst`` can never be paid."""
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
 
@@ -16,11 +17,19 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = trio.current_time()
 
-    def take(self, cost: float = 1.0) -> bool:
-        """Spend ``cost`` tokens if there are enough; ``False`` otherwise."""
+    def _refill(self) -> None:
         now = trio.current_time()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+
+    def available(self, cost: float = 1.0) -> bool:
+        """Whether ``cost`` tokens could be spent now (nothing is spent)."""
+        self._refill()
+        return self.tokens >= cost
+
+    def take(self, cost: float = 1.0) -> bool:
+        """Spend ``cost`` tokens if there are enough; ``False`` otherwise."""
+        self._refill()
         if self.tokens >= cost:
             self.tokens -= cost
             return True

@@ -262,9 +262,11 @@ class Gateway:
         await self.nicknames.release(member, reason)
 
     async def join_room(
-        self, member: Member, name: str, *, kind: str = "join", greeting: bytes = b""
-    ) -> None:
-        await self.rooms.join(member, name, kind=kind, greeting=greeting)
+        self, member: Member, name: str, *, kind: str = "join", greeting: bytes = b"",
+        may_create: bool = True,
+    ) -> bool:
+        return await self.rooms.join(member, name, kind=kind, greeting=greeting,
+                                     may_create=may_create)
 
     async def part_room(self, member: Member, name: str) -> None:
         await self.rooms.part(member, name)
@@ -288,14 +290,14 @@ class Gateway:
     async def wait_delivered(self, room: str, seq: int, timeout_s: float) -> None:
         await self.rooms.wait_delivered(room, seq, timeout_s)
 
-    async def online(self) -> list[str]:
-        return await self.bus.online()
+    async def online(self, limit: int) -> tuple[int, list[str]]:
+        return await self.bus.online(limit)
 
-    async def room_members(self, room: str) -> list[str]:
-        return await self.bus.room_members(room)
+    async def room_members(self, room: str, limit: int) -> tuple[int, list[str]]:
+        return await self.bus.room_members(room, limit)
 
-    async def room_counts(self) -> dict[str, int]:
-        return await self.bus.rooms()
+    async def room_counts(self, limit: int) -> tuple[int, list[tuple[str, int]]]:
+        return await self.bus.rooms(limit)
 
     async def send_private(self, sender: str, target: str, text: str) -> str | None:
         folded = p.fold_nick(target)

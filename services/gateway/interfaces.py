@@ -86,8 +86,12 @@ class Chat(Protocol):
 
     # rooms
     async def join_room(
-        self, member: Member, name: str, *, kind: str = "join", greeting: bytes = b""
-    ) -> None: ...
+        self, member: Member, name: str, *, kind: str = "join", greeting: bytes = b"",
+        may_create: bool = True,
+    ) -> bool:
+        """Join; ``True`` when the join created the room (it had no members).
+        Without ``may_create``, joining a room with no members raises
+        :class:`~services.common.bus.RoomLimitReached`."""
 
     async def part_room(self, member: Member, name: str) -> None: ...
 
@@ -106,11 +110,15 @@ class Chat(Protocol):
     async def wait_delivered(self, room: str, seq: int, timeout_s: float) -> None: ...
 
     # queries and messages
-    async def online(self) -> list[str]: ...
+    async def online(self, limit: int) -> tuple[int, list[str]]:
+        """How many nicknames are online, and up to ``limit`` of them, sorted."""
 
-    async def room_members(self, room: str) -> list[str]: ...
+    async def room_members(self, room: str, limit: int) -> tuple[int, list[str]]:
+        """How many members ``room`` has, and up to ``limit`` of them, sorted."""
 
-    async def room_counts(self) -> dict[str, int]: ...
+    async def room_counts(self, limit: int) -> tuple[int, list[tuple[str, int]]]:
+        """How many rooms have members, and up to ``limit`` of them with their
+        member counts, largest first."""
 
     async def send_private(self, sender: str, target: str, text: str) -> str | None:
         """Deliver a private message; the recipient's display nickname, or ``None``
@@ -123,9 +131,15 @@ class Caller(Member, Protocol):
 
     leave_text: str
 
-    def spend(self) -> bool:
-        """Take one line from the client's flood budget; ``False`` (and the client
-        told) when it is spent."""
+    def spend(self, cost: float = 1.0) -> bool:
+        """Take ``cost`` from the client's flood budget; ``False`` (and the client
+        told, at most once a second) when it is spent."""
+
+    def may_create_room(self) -> bool:
+        """Whether the client may create a room now (``CHAT_ROOMS_PER_MINUTE``)."""
+
+    def created_room(self) -> None:
+        """Count a room the client created."""
 
     async def say(self, kind: str, text: str) -> None:
         """Publish a chat line or action in the current room."""

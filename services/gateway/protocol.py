@@ -220,10 +220,10 @@ def reject_line(reason: str, max_line_bytes: int) -> bytes:
 HELP_LINES = (
     "commands:",
     "  /help               this list",
-    "  /who [#room]        everyone online (or in a room)        e.g. /who #dev",
+    "  /who [#room]        who is online (or in a room)           e.g. /who #dev",
     "  /join #room         join (or create) a room and talk there e.g. /join #dev",
     "  /part [#room]       leave a room (default: the current one) e.g. /part #dev",
-    "  /rooms              every room with members, and how many  e.g. /rooms",
+    "  /rooms              the largest rooms, and how many        e.g. /rooms",
     "  /msg NICK TEXT      a private message                      e.g. /msg bob hi",
     "  /me ACTION          an action in the current room          e.g. /me waves",
     "  /nick NEW           change your nickname                   e.g. /nick alice2",

@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from services.common.bus import REPLAY_WINDOW, Bus, Publication, decode_publication
+from services.common.bus import (
+    REPLAY_WINDOW,
+    Bus,
+    Publication,
+    RoomLimitReached,
+    decode_publication,
+)
 from services.common.config import Settings
 from services.common.keys import Keys
 from services.common.metrics import Metrics
@@ -90,12 +96,15 @@ class Rooms:
 
     # -- membership ----------------------------------------------------------------
     async def join(
-        self, member: Member, name: str, *, kind: str = "join", greeting: bytes = b""
-    ) -> None:
+        self, member: Member, name: str, *, kind: str = "join", greeting: bytes = b"",
+        may_create: bool = True,
+    ) -> bool:
         """Make ``member`` a member of room ``name`` here and in Redis (announced as
-        ``kind`` in the same step), and replay the room's history to it.  Raises
-        RedisError: the member is then not in the room here, and, should the join
-        have reached Redis after all, it is undone (with its leave announced)."""
+        ``kind`` in the same step), and replay the room's history to it; ``True``
+        when the join created the room.  Raises RedisError: the member is then not
+        in the room here, and, should the join have reached Redis after all, it is
+        undone (with its leave announced).  Raises RoomLimitReached when the room
+        has no members and ``may_create`` is false (nothing changed in Redis)."""
         assert member.nick is not None and member.folded is not None
         room = self.rooms.get(name)
         if room is None:
@@ -110,7 +119,12 @@ class Rooms:
             # (buffered in room.joining until it is a member here).
             history = await self.bus.history(name, self.settings.history_size)
             join_sent = True
-            await self.bus.join_room(name, member.folded, member.nick, announce=kind)
+            try:
+                joined = await self.bus.join_room(name, member.folded, member.nick,
+                                                  announce=kind, may_create=may_create)
+            except RoomLimitReached:
+                join_sent = False  # Redis answered: nothing to undo
+                raise
         except BaseException:
             room.joining.pop(member, None)
             await self._drop_if_empty(room)
@@ -126,6 +140,7 @@ class Rooms:
         for pub in buffered:
             if pub.seq > last_seen:
                 member.deliver(p.publication_line(room.name, pub.kind, pub.nick, pub.text))
+        return joined.created
 
     async def _undo_join(self, name: str, folded: str, nick: str) -> None:
         """A join whose answer was lost may have happened: leave again (announced

@@ -10,6 +10,7 @@ count, tell and disconnect.
 from __future__ import annotations
 
 import contextlib
+import math
 import resource
 import socket
 from collections.abc import Callable
@@ -87,7 +88,7 @@ class Server:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         peer = _peer_name(stream)
-        _enable_keepalive(stream)
+        enable_keepalive(stream, self.settings)
         leftover = b""
         if self.settings.proxy_protocol:
             proxied = await self._read_proxy_header(stream, peer)
@@ -166,13 +167,28 @@ def _peer_name(stream: trio.SocketStream) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _enable_keepalive(stream: trio.SocketStream) -> None:
+def enable_keepalive(stream: trio.SocketStream, settings: Settings) -> None:
+    """Let the kernel probe a client's socket once it has been silent
+    ``keepalive_idle_s``, every ``keepalive_interval_s``; after
+    ``keepalive_count`` unanswered probes the socket fails and the session ends.
+    The peer's TCP stack answers the probes, so a person idle at a terminal is
+    never cut; a peer that vanished (host down, network gone) is.  Unacknowledged
+    data is bounded the same way (``TCP_USER_TIMEOUT``), so a socket with
+    queued output cannot outlive the probes by retransmitting."""
+    if math.isinf(settings.keepalive_idle_s):
+        return
+    idle = max(1, int(settings.keepalive_idle_s))
+    interval = max(1, int(settings.keepalive_interval_s))
+    count = settings.keepalive_count
     try:
         stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if hasattr(socket, "TCP_KEEPIDLE"):
-            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
-            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
-            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                              (idle + interval * count) * 1000)
     except OSError:
         pass
 

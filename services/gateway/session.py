@@ -22,7 +22,13 @@ import trio
 from services.common.bus import PublishUncertain, Resolution
 from services.common.redis import RedisError, RedisUnavailable
 from services.gateway import protocol as p
-from services.gateway.commands import Commands
+from services.gateway.commands import (
+    BAD_LINE_COST,
+    CHAT_COST,
+    NICK_ATTEMPT_COST,
+    Commands,
+    command_cost,
+)
 from services.gateway.flood import TokenBucket
 from services.gateway.interfaces import Chat
 from services.gateway.writer import Writer
@@ -34,7 +40,18 @@ FAREWELL_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 2.0
 _conn_ids = itertools.count(1)
 
+# At most one flood notice a second: the lines refused in between are counted and
+# reported in the next notice, so the flooder learns of each one without getting
+# a line of output per line of input.
+FLOOD_NOTICE_INTERVAL_S = 1.0
 FLOODED = p.error("too many lines, slow down; your line was not sent")
+
+
+def flooded(count: int) -> bytes:
+    """The notice for ``count`` lines refused by flood control since the last one."""
+    if count == 1:
+        return FLOODED
+    return p.error(f"too many lines, slow down; {count} lines were not sent")
 
 
 class Session:
@@ -52,11 +69,15 @@ class Session:
         "close_reason",
         "commands",
         "conn_id",
+        "creates",
         "flood",
+        "flood_dropped",
+        "flood_notice_at",
         "folded",
         "framer",
         "last_published",
         "leave_text",
+        "lines_before_nick",
         "nick",
         "peer",
         "scope",
@@ -84,6 +105,11 @@ class Session:
         self.leave_text = ""
         self.last_published: tuple[str, int] | None = None
         self.flood = TokenBucket(self.settings.flood_burst, self.settings.flood_rate)
+        self.flood_dropped = 0  # lines refused for flood and not reported yet
+        self.flood_notice_at = -math.inf  # when the next flood notice may go out
+        per_minute = self.settings.rooms_per_minute
+        self.creates = TokenBucket(per_minute, per_minute / 60.0)
+        self.lines_before_nick = 0
         self.framer = p.LineFramer(self.settings.max_line_bytes)
         self._task: trio.lowlevel.Task | None = None
 
@@ -102,12 +128,31 @@ class Session:
         if room in self._rooms:
             self._rooms.remove(room)
 
-    def spend(self) -> bool:
-        if self.flood.take():
+    def spend(self, cost: float = 1.0) -> bool:
+        """Take ``cost`` from the flood budget.  ``False`` when it is spent: the line
+        is dropped, and its sender told (at once, or counted into the next notice
+        when one went out less than a second ago)."""
+        if self.flood.take(cost):
             return True
         self.chat.count_rejected("flood")
-        self.deliver(FLOODED)
+        self.flood_dropped += 1
+        self.report_flood()
         return False
+
+    def report_flood(self) -> None:
+        """Send the pending flood notice if one is due."""
+        now = trio.current_time()
+        if self.flood_dropped and now >= self.flood_notice_at:
+            self.deliver(flooded(self.flood_dropped))
+            self.flood_dropped = 0
+            self.flood_notice_at = now + FLOOD_NOTICE_INTERVAL_S
+
+    def may_create_room(self) -> bool:
+        """Whether this connection may create a room now (``rooms_per_minute``)."""
+        return self.creates.available(1.0)
+
+    def created_room(self) -> None:
+        self.creates.take(1.0)
 
     @property
     def log(self) -> Any:
@@ -178,31 +223,46 @@ class Session:
         self.deliver(p.NICK_PROMPT)
         pending = self.framer.feed(leftover) if leftover else []
         nick_deadline = trio.current_time() + self.settings.nick_timeout_s
+        max_before_nick = self.settings.max_lines_before_nick
         while True:
             for event in pending:
+                before_nick = self.nick is None
                 if isinstance(event, p.BadLine):
-                    self._reject(event.reason)
-                    continue
-                if await self._handle(event.text) == "quit":
+                    if self.spend(BAD_LINE_COST):
+                        self._reject(event.reason)
+                elif await self._handle(event.text) == "quit":
                     if self.last_published is not None:
                         await self.chat.wait_delivered(*self.last_published, timeout_s=1.0)
                     self.deliver(p.info("bye"))
                     return "quit"
+                if before_nick and self.nick is None:
+                    # Only a few lines before a nickname: a client that sends more
+                    # is not trying to chat (each one could cost a /help reply).
+                    self.lines_before_nick += 1
+                    if self.lines_before_nick >= max_before_nick:
+                        self.close_reason = f"no nickname chosen in {max_before_nick} lines"
+                        return "too many lines"
+            pending = []
             if self.nick:
                 timeout = self.settings.idle_timeout_s
                 deadline = trio.current_time() + timeout
             else:
                 timeout, deadline = self.settings.nick_timeout_s, nick_deadline
+            # A flood notice still owed wakes the loop when it becomes due.
+            wake = self.flood_notice_at if self.flood_dropped else math.inf
             timed_out = False
             try:
-                if math.isinf(deadline):
+                if math.isinf(deadline) and math.isinf(wake):
                     # No timeout: no cancel scope either (it costs memory per client).
                     data = await self.stream.receive_some(RECEIVE_BYTES)
                 else:
                     data = b""
-                    with trio.move_on_at(deadline) as idle:
+                    with trio.move_on_at(min(deadline, wake)) as idle:
                         data = await self.stream.receive_some(RECEIVE_BYTES)
-                    timed_out = idle.cancelled_caught
+                    timed_out = idle.cancelled_caught and trio.current_time() >= deadline
+                    if idle.cancelled_caught and not timed_out:
+                        self.report_flood()
+                        continue
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return "connection reset"
             if timed_out:
@@ -225,7 +285,7 @@ class Session:
         command = p.parse_command(text)
         if command is not None:
             return await self.commands.run(self, command)
-        if not self.spend():
+        if not self.spend(CHAT_COST):
             return None
         if not self.rooms:
             self.deliver(p.NO_ROOM)
@@ -271,6 +331,8 @@ class Session:
         if command is not None:
             if command.name == "quit":
                 return "quit"
+            if not self.spend(command_cost(command.name)):
+                return None
             if command.name == "help":
                 for line in p.HELP_LINES:
                     self.deliver(p.info(line))
@@ -279,6 +341,8 @@ class Session:
             self.deliver(p.NICK_PROMPT)
             return None
         nick = text
+        if not self.spend(NICK_ATTEMPT_COST):
+            return None
         problem = p.validate_nick(nick)
         if problem:
             self.log.info("nick.rejected", attempted=nick[:64], reason="invalid")

@@ -19,7 +19,7 @@ def test_every_name_is_the_documented_one() -> None:
     k = Keys()
     assert k.prefix == "chat:"
     assert [k.nicks, k.gateways, k.epoch, k.rooms, k.all_channel] == [
-        "chat:nicks", "chat:gateways", "chat:epoch", "chat:rooms", "chat:all",
+        "chat:nicks", "chat:gateways", "chat:epoch", "chat:rooms-by-size", "chat:all",
     ]
     assert [k.gateway_alive("g~1"), k.gateway_nicks("g~1"), k.gateway_info("g~1")] == [
         "chat:gw:g~1:alive", "chat:gw:g~1:nicks", "chat:gw:g~1:info",

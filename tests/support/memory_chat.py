@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from services.common.bus import PublishUncertain, Resolution
+from services.common.bus import PublishUncertain, Resolution, RoomLimitReached
 from services.common.config import HostPort, Settings
 from services.gateway import protocol as p
 from services.gateway.interfaces import Member
@@ -25,7 +25,7 @@ from services.gateway.interfaces import Member
 class MemoryChat:
     nursery: trio.Nursery
     settings: Settings = field(
-        default_factory=lambda: Settings(listen=HostPort("127.0.0.1", 0), flood_burst=8,
+        default_factory=lambda: Settings(listen=HostPort("127.0.0.1", 0), flood_burst=100,
                                          flood_rate=0.001, nick_timeout_s=math.inf)
     )
     gateway_id: str = "mem"
@@ -82,12 +82,16 @@ class MemoryChat:
             self.nicks.pop(member.folded, None)
 
     async def join_room(self, member: Member, name: str, *, kind: str = "join",
-                        greeting: bytes = b"") -> None:
+                        greeting: bytes = b"", may_create: bool = True) -> bool:
+        created = not self.members.get(name)
+        if created and not may_create:
+            raise RoomLimitReached(name)
         self.members.setdefault(name, set()).add(member)
         if greeting:
             member.deliver(greeting)
         member.entered(name)
         self._echo(name, kind, member.nick or "", "")
+        return created
 
     async def part_room(self, member: Member, name: str) -> None:
         self._echo(name, "part", member.nick or "", "")
@@ -115,14 +119,18 @@ class MemoryChat:
     async def wait_delivered(self, room: str, seq: int, timeout_s: float) -> None:
         pass
 
-    async def online(self) -> list[str]:
-        return sorted((m.nick or "" for m in self.nicks.values()), key=str.lower)
+    async def online(self, limit: int) -> tuple[int, list[str]]:
+        nicks = sorted((m.nick or "" for m in self.nicks.values()), key=str.lower)
+        return len(nicks), nicks[:limit]
 
-    async def room_members(self, room: str) -> list[str]:
-        return sorted((m.nick or "" for m in self.members.get(room, set())), key=str.lower)
+    async def room_members(self, room: str, limit: int) -> tuple[int, list[str]]:
+        nicks = sorted((m.nick or "" for m in self.members.get(room, set())), key=str.lower)
+        return len(nicks), nicks[:limit]
 
-    async def room_counts(self) -> dict[str, int]:
-        return {room: len(ms) for room, ms in self.members.items() if ms}
+    async def room_counts(self, limit: int) -> tuple[int, list[tuple[str, int]]]:
+        counts = sorted(((room, len(ms)) for room, ms in self.members.items() if ms),
+                        key=lambda item: (-item[1], item[0]))
+        return len(counts), counts[:limit]
 
     async def send_private(self, sender: str, target: str, text: str) -> str | None:
         member = self.nicks.get(p.fold_nick(target))

@@ -17,9 +17,11 @@ from services.common.bus.bus import (
     ROOM_RETENTION_S,
     Bus,
     ClaimResult,
+    Joined,
     PublishUncertain,
     RenameResult,
     Resolution,
+    RoomLimitReached,
 )
 from services.common.bus.codec import (
     CHAT_KINDS,
@@ -51,6 +53,7 @@ __all__ = [
     "Bus",
     "Canary",
     "ClaimResult",
+    "Joined",
     "Kick",
     "MalformedMessage",
     "NodeMessage",
@@ -59,6 +62,7 @@ __all__ = [
     "PublishUncertain",
     "RenameResult",
     "Resolution",
+    "RoomLimitReached",
     "Script",
     "UnknownMessage",
     "decode_broadcast",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import itertools
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from services.common.bus.codec import (
@@ -40,6 +41,9 @@ HISTORY_KEEP = 500  # the largest CHAT_HISTORY_SIZE
 # An empty room's sequence counter, history and log are kept this long, then
 # expire, so rooms used once do not stay in Redis forever.  Joining removes the expiry.
 ROOM_RETENTION_S = 7 * 24 * 3600
+
+# The most HSCAN calls one bounded listing (/who) makes.
+SCAN_ROUNDS = 4
 
 
 class ClaimResult(enum.IntEnum):
@@ -69,6 +73,19 @@ class PublishUncertain(RedisUnavailable):
         self.pub_id = pub_id
         self.deadline_ms = deadline_ms
         self.submitted = submitted
+
+
+class RoomLimitReached(Exception):
+    """A join refused: the room has no members, and the caller may not create one
+    now (``CHAT_ROOMS_PER_MINUTE``).  Nothing changed in Redis."""
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """What :meth:`Bus.join_room` did."""
+
+    seq: int  # the announcement's sequence number; 0 when none was published
+    created: bool  # the room had no members before this join
 
 
 class Resolution(enum.Enum):
@@ -178,25 +195,50 @@ class Bus:
             return None
         return parse_owner_record(record.decode())
 
-    async def online(self) -> list[str]:
-        """Every online display nickname, sorted case-insensitively."""
-        records = await self.redis.execute("HVALS", self.keys.nicks)
-        return sorted((parse_owner_record(r.decode())[1] for r in records), key=str.lower)
+    async def online(self, limit: int) -> tuple[int, list[str]]:
+        """How many nicknames are online, and up to ``limit`` display nicknames
+        (the first an HSCAN finds, not the first in order), sorted
+        case-insensitively.  A few commands, whatever the number online."""
+        total, records = await self._scan_hash(self.keys.nicks, limit)
+        return total, sorted((parse_owner_record(r.decode())[1] for r in records), key=str.lower)
+
+    async def _scan_hash(self, key: str, limit: int) -> tuple[int, list[bytes]]:
+        """``HLEN`` of a hash and up to ``limit`` of its values, in at most
+        ``SCAN_ROUNDS`` HSCAN calls (never HVALS: the hash may be huge)."""
+        replies = await self.redis.pipeline([("HLEN", key), ("HSCAN", key, 0, "COUNT", limit)])
+        _raise_first_error(replies)
+        total = int(replies[0])
+        cursor, flat = replies[1]
+        found: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
+        rounds = 1
+        while cursor != b"0" and len(found) < limit and rounds < SCAN_ROUNDS:
+            cursor, flat = await self.redis.execute("HSCAN", key, cursor, "COUNT", limit)
+            found.update(zip(flat[::2], flat[1::2], strict=True))
+            rounds += 1
+        return max(total, len(found)), list(found.values())[:limit]
 
     # -- rooms ----------------------------------------------------------------------
-    async def join_room(self, room: str, folded: str, nick: str, announce: str = "") -> int:
+    async def join_room(
+        self, room: str, folded: str, nick: str, announce: str = "", *, may_create: bool = True
+    ) -> Joined:
         """Record ``nick`` as a member of ``room`` and, with ``announce`` (a kind:
         ``join`` or ``enter``), announce it in the same step.  Returns the
-        announcement's sequence number; 0 when nothing was announced (none asked
-        for, or it was a member already)."""
+        announcement's sequence number (0 when nothing was announced: none asked
+        for, or it was a member already) and whether the join created the room
+        (it had no members).  Without ``may_create``, a room with no members is
+        not joined: raises :class:`RoomLimitReached` and changes nothing."""
         k = self.keys
         body = self._announcement(announce, nick)
-        return int(await self._join(
+        reply = await self._join(
             self.redis,
             [k.room_seq(room), k.room_history(room), k.room_log(room), k.room_members(room),
              k.rooms, k.nick_rooms(folded), k.epoch],
-            [room, folded, nick, k.room_channel(room), body, REPLAY_WINDOW],
-        ))
+            [room, folded, nick, k.room_channel(room), body, REPLAY_WINDOW,
+             1 if may_create else 0],
+        )
+        if not isinstance(reply, list):
+            raise RoomLimitReached(room)
+        return Joined(seq=int(reply[0]), created=bool(int(reply[1])))
 
     async def leave_room(self, room: str, folded: str, nick: str = "", announce: str = "") -> bool:
         """Remove ``folded`` from ``room`` and, with ``announce`` (a kind: ``part``),
@@ -290,17 +332,25 @@ class Bus:
         epoch = replies[0].decode() if replies[0] is not None else None
         return epoch, [int(r) if r is not None else 0 for r in replies[1:]]
 
-    async def rooms(self) -> dict[str, int]:
-        """Every room with members anywhere, with its member count."""
-        names = [r.decode() for r in await self.redis.execute("SMEMBERS", self.keys.rooms)]
-        if not names:
-            return {}
-        counts = await self.redis.pipeline([("HLEN", self.keys.room_members(n)) for n in names])
-        return {n: int(c) for n, c in zip(names, counts, strict=True) if int(c) > 0}
+    async def rooms(self, limit: int) -> tuple[int, list[tuple[str, int]]]:
+        """How many rooms have members anywhere, and the ``limit`` largest with
+        their member counts, largest first (ties by name): two commands in one
+        round trip, whatever the number of rooms.  The scripts keep ``Keys.rooms``
+        scored by minus the member count, so ZRANGE's order is the one shown."""
+        replies = await self.redis.pipeline([
+            ("ZCARD", self.keys.rooms),
+            ("ZRANGE", self.keys.rooms, 0, max(0, limit - 1), "WITHSCORES"),
+        ])
+        _raise_first_error(replies)
+        flat = replies[1] if limit > 0 else []
+        shown = [(n.decode(), -int(float(c))) for n, c in zip(flat[::2], flat[1::2], strict=True)]
+        return int(replies[0]), shown
 
-    async def room_members(self, room: str) -> list[str]:
-        values = await self.redis.execute("HVALS", self.keys.room_members(room))
-        return sorted((v.decode() for v in values), key=str.lower)
+    async def room_members(self, room: str, limit: int) -> tuple[int, list[str]]:
+        """How many members ``room`` has, and up to ``limit`` of their display
+        nicknames, sorted case-insensitively (see :meth:`online`)."""
+        total, values = await self._scan_hash(self.keys.room_members(room), limit)
+        return total, sorted((v.decode() for v in values), key=str.lower)
 
     # -- node and broadcast channels ----------------------------------------------
     async def send_to_node(self, gateway_id: str, message: NodeMessage) -> int:

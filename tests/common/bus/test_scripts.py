@@ -18,7 +18,9 @@ from services.common.bus import (
     ROOM_RETENTION_S,
     Bus,
     ClaimResult,
+    Joined,
     RenameResult,
+    RoomLimitReached,
     Script,
     decode_publication,
     encode_body,
@@ -164,7 +166,7 @@ async def test_release_announces_the_leave_in_every_room_and_expires_emptied_roo
     assert not rc.exists(keys.gateway_nicks("g1~a"), keys.nick_rooms("alice"))
     assert rc.hgetall(keys.room_members("#shared")) == {b"bob": b"Bob"}
     assert not rc.exists(keys.room_members("#solo"))
-    assert rc.smembers(keys.rooms) == {b"#shared"}
+    assert rc.zrange(keys.rooms, 0, -1, withscores=True) == [(b"#shared", -1.0)]
     # The emptied room is kept a while, then expires; the other one stays.
     for key in (keys.room_seq("#solo"), keys.room_log("#solo"), keys.room_history("#solo")):
         assert 0 < rc.ttl(key) <= ROOM_RETENTION_S
@@ -240,7 +242,7 @@ async def test_join_records_the_member_and_keeps_an_emptied_rooms_keys(
         rc.expire(key, 100)
     await g1.join_room("#r", "alice", "Alice")
     assert rc.hgetall(keys.room_members("#r")) == {b"alice": b"Alice"}
-    assert rc.smembers(keys.rooms) == {b"#r"}
+    assert rc.zrange(keys.rooms, 0, -1, withscores=True) == [(b"#r", -1.0)]
     assert rc.smembers(keys.nick_rooms("alice")) == {b"#r"}
     for key in (keys.room_seq("#r"), keys.room_log("#r"), keys.room_history("#r")):
         assert rc.ttl(key) == -1
@@ -257,10 +259,10 @@ async def test_leave_removes_the_member_and_only_the_last_one_starts_the_expiry(
     await g1.leave_room("#r", "alice")
     assert rc.hgetall(keys.room_members("#r")) == {b"bob": b"Bob"}
     assert rc.smembers(keys.nick_rooms("alice")) == {b"#other"}
-    assert rc.ttl(keys.room_seq("#r")) == -1 and b"#r" in rc.smembers(keys.rooms)
+    assert rc.ttl(keys.room_seq("#r")) == -1 and rc.zscore(keys.rooms, "#r") == -1.0
     await g1.leave_room("#r", "bob")
     assert not rc.exists(keys.room_members("#r"), keys.nick_rooms("bob"))
-    assert rc.smembers(keys.rooms) == {b"#other"}
+    assert rc.zrange(keys.rooms, 0, -1) == [b"#other"]
     for key in (keys.room_seq("#r"), keys.room_log("#r"), keys.room_history("#r")):
         assert 0 < rc.ttl(key) <= ROOM_RETENTION_S
     await g1.leave_room("#r", "bob")  # again: nothing to do, no error
@@ -374,7 +376,7 @@ async def test_reap_releases_a_gateway_whose_lease_expired_once(
         assert pub.time == pytest.approx(time.time(), abs=60)
     assert rc.hgetall(keys.nicks) == {b"carl": b"live~2 Carl"}
     assert rc.hgetall(keys.room_members("#b")) == {b"carl": b"Carl"}
-    assert rc.smembers(keys.rooms) == {b"#b"}
+    assert rc.zrange(keys.rooms, 0, -1, withscores=True) == [(b"#b", -1.0)]
     assert 0 < rc.ttl(keys.room_seq("#a")) <= ROOM_RETENTION_S
     assert rc.ttl(keys.room_seq("#b")) == -1
     assert rc.zscore(keys.gateways, "dead~1") is None
@@ -437,10 +439,11 @@ async def test_join_leave_and_rename_are_announced_by_the_script_that_makes_them
     channels = Channels(rc, keys.room_channel("#a"), keys.room_channel("#b"))
     try:
         assert await g1.claim_nick("alice", "Alice") == ClaimResult.CLAIMED
-        seq = await g1.join_room("#a", "alice", "Alice", announce="join")
-        assert seq >= 1
-        assert await g1.join_room("#a", "alice", "Alice", announce="join") == 0  # already in
-        assert await g1.join_room("#b", "alice", "Alice", announce="enter") >= 1
+        joined = await g1.join_room("#a", "alice", "Alice", announce="join")
+        assert joined.seq >= 1 and joined.created
+        again = await g1.join_room("#a", "alice", "Alice", announce="join")
+        assert again == Joined(seq=0, created=False)  # already in: silent
+        assert (await g1.join_room("#b", "alice", "Alice", announce="enter")).seq >= 1
         got = channels.take()
         assert [(ch, body_of(p)["k"], body_of(p)["n"]) for ch, p in got] == [
             (keys.room_channel("#a"), "join", "Alice"),
@@ -464,3 +467,50 @@ async def test_join_leave_and_rename_are_announced_by_the_script_that_makes_them
         assert rc.smembers(keys.nick_rooms("alicia")) == {b"#a"}
     finally:
         channels.close()
+
+
+# -- room counts and bounded listings --------------------------------------------------
+async def test_rooms_are_kept_sorted_by_member_count_by_every_membership_script(
+    make_bus: MakeBus, rc: redis.Redis, keys: Keys
+) -> None:
+    g1 = make_bus("g1~a")
+    await seat(g1, "alice", "Alice", "#big", "#small")
+    await seat(g1, "bob", "Bob", "#big", "#mid")
+    await seat(g1, "carl", "Carl", "#big", "#mid")
+    assert await g1.rooms(10) == (3, [("#big", 3), ("#mid", 2), ("#small", 1)])
+    assert await g1.rooms(1) == (3, [("#big", 3)])
+    await g1.leave_room("#big", "carl")
+    await g1.release_nick("bob", "Bob")  # leaves #big and #mid
+    assert rc.zrange(keys.rooms, 0, -1, withscores=True) == [
+        (b"#big", -1.0), (b"#mid", -1.0), (b"#small", -1.0),
+    ]
+    assert await g1.rooms(10) == (3, [("#big", 1), ("#mid", 1), ("#small", 1)])
+
+
+async def test_a_join_without_creation_rights_refuses_an_empty_room_and_changes_nothing(
+    make_bus: MakeBus, rc: redis.Redis, keys: Keys
+) -> None:
+    g1 = make_bus("g1~a")
+    await seat(g1, "alice", "Alice", "#open")
+    with pytest.raises(RoomLimitReached):
+        await g1.join_room("#new", "bob", "Bob", announce="enter", may_create=False)
+    assert not rc.exists(keys.room_members("#new"), keys.room_seq("#new"), keys.nick_rooms("bob"))
+    assert rc.zscore(keys.rooms, "#new") is None
+    joined = await g1.join_room("#open", "bob", "Bob", announce="enter", may_create=False)
+    assert joined.seq >= 1 and not joined.created
+    assert (await g1.join_room("#new", "bob", "Bob")).created
+
+
+async def test_online_and_room_members_are_bounded_however_many_there_are(
+    make_bus: MakeBus, rc: redis.Redis, keys: Keys
+) -> None:
+    g1 = make_bus("g1~a")
+    many = {f"u{i}": f"g1~a U{i}" for i in range(3000)}
+    rc.hset(keys.nicks, mapping=many)
+    rc.hset(keys.room_members("#big"), mapping={f"u{i}": f"U{i}" for i in range(3000)})
+    total, names = await g1.online(50)
+    assert total == 3000 and 1 <= len(names) <= 50
+    assert names == sorted(names, key=str.lower) and set(names) <= {f"U{i}" for i in range(3000)}
+    total, names = await g1.room_members("#big", 50)
+    assert total == 3000 and 1 <= len(names) <= 50
+    assert await g1.room_members("#none", 50) == (0, [])

@@ -1,5 +1,5 @@
--- Helpers shared by the scripts that publish in a room, may empty one or derive
--- key names (publish, release, reap, leave_room, rename).  Not a script:
+-- Helpers shared by the scripts that publish in a room, count or empty one, or
+-- derive key names (publish, release, reap, join_room, leave_room, rename).  Not a script:
 -- services/common/bus/scripts.py puts this file in front of each script whose
 -- header says "-- include: _rooms.lua".
 --
@@ -57,10 +57,16 @@ local function publish_room(epoch_key, r, room, body, keep, history_keep)
   return seq
 end
 
--- The room has no members left: forget it in the rooms set and let its
+-- Record the room's member count in the rooms sorted set (Keys.rooms), scored
+-- by minus the count so that ZRANGE lists the largest rooms first, ties by name.
+local function room_counted(rooms_key, members_key, room)
+  redis.call('ZADD', rooms_key, -redis.call('HLEN', members_key), room)
+end
+
+-- The room has no members left: forget it in the rooms sorted set and let its
 -- counter, history and log expire after `retention` seconds (a join persists them).
 local function room_emptied(rooms_key, r, room, retention)
-  redis.call('SREM', rooms_key, room)
+  redis.call('ZREM', rooms_key, room)
   redis.call('EXPIRE', r.seq, retention)
   redis.call('EXPIRE', r.history, retention)
   redis.call('EXPIRE', r.log, retention)

@@ -6,7 +6,7 @@
 -- KEYS[2] the room's history    Keys.room_history(room)
 -- KEYS[3] the room's log        Keys.room_log(room)
 -- KEYS[4] the room's members    Keys.room_members(room)
--- KEYS[5] rooms                 Keys.rooms
+-- KEYS[5] rooms                 Keys.rooms (ZSET: room -> minus its member count)
 -- KEYS[6] the nick's rooms      Keys.nick_rooms(folded)
 -- KEYS[7] epoch                 Keys.epoch
 -- ARGV[1] room name
@@ -15,21 +15,31 @@
 -- ARGV[4] the room's channel    Keys.room_channel(room)
 -- ARGV[5] the announcement's JSON envelope (codec.encode_body), or '' for none
 -- ARGV[6] log length kept       REPLAY_WINDOW
+-- ARGV[7] '1': the join may create the room; '0': a room with no members is
+--         not joined (the caller's room-creation budget is spent)
 --
--- Returns the announcement's sequence number, or 0 when nothing was announced
--- (none asked for, or the nick was a member already: joining twice is silent).
+-- Returns {sequence number, created}: the announcement's sequence number, or 0
+-- when nothing was announced (none asked for, or the nick was a member already:
+-- joining twice is silent), and 1 when the room had no members before.  Returns
+-- -1 (and changes nothing) when the room has no members and ARGV[7] is '0'.
 -- The room's counter, history and log lose the expiry they got when the room
 -- last emptied.
 -- include: _rooms.lua
 
+local created = 0
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  if ARGV[7] == '0' then return -1 end
+  created = 1
+end
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
 redis.call('PERSIST', KEYS[3])
 local added = redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
-redis.call('SADD', KEYS[5], ARGV[1])
+room_counted(KEYS[5], KEYS[4], ARGV[1])
 redis.call('SADD', KEYS[6], ARGV[1])
+local seq = 0
 if added == 1 and ARGV[5] ~= '' then
   local r = {seq = KEYS[1], history = KEYS[2], log = KEYS[3], channel = ARGV[4]}
-  return publish_room(KEYS[7], r, ARGV[1], ARGV[5], tonumber(ARGV[6]), 0)
+  seq = publish_room(KEYS[7], r, ARGV[1], ARGV[5], tonumber(ARGV[6]), 0)
 end
-return 0
+return {seq, created}

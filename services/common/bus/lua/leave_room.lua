@@ -5,7 +5,7 @@
 -- KEYS[2] the room's seq        Keys.room_seq(room)
 -- KEYS[3] the room's history    Keys.room_history(room)
 -- KEYS[4] the room's log        Keys.room_log(room)
--- KEYS[5] rooms                 Keys.rooms
+-- KEYS[5] rooms                 Keys.rooms (ZSET: room -> minus its member count)
 -- KEYS[6] the nick's rooms      Keys.nick_rooms(folded)
 -- KEYS[7] epoch                 Keys.epoch
 -- ARGV[1] room name
@@ -24,6 +24,10 @@ if removed == 1 and ARGV[5] ~= '' then
   publish_room(KEYS[7], r, ARGV[1], ARGV[5], tonumber(ARGV[6]), 0)
 end
 -- after the publish, so the expiry covers keys the publish may have created
-if redis.call('HLEN', r.members) == 0 then room_emptied(KEYS[5], r, ARGV[1], tonumber(ARGV[3])) end
+if redis.call('HLEN', r.members) == 0 then
+  room_emptied(KEYS[5], r, ARGV[1], tonumber(ARGV[3]))
+elseif removed == 1 then
+  room_counted(KEYS[5], r.members, ARGV[1])
+end
 redis.call('SREM', KEYS[6], ARGV[1])
 return removed

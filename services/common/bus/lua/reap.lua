@@ -8,7 +8,7 @@
 -- KEYS[4] its info              Keys.gateway_info(gateway)
 -- KEYS[5] nicks                 Keys.nicks
 -- KEYS[6] epoch                 Keys.epoch
--- KEYS[7] rooms                 Keys.rooms
+-- KEYS[7] rooms                 Keys.rooms (ZSET: room -> minus its member count)
 -- ARGV[1] the dead gateway's id
 -- ARGV[2] log length kept       REPLAY_WINDOW
 -- ARGV[3] now, unix seconds (the leaves' "t")
@@ -42,7 +42,11 @@ for _, folded in ipairs(redis.call('SMEMBERS', KEYS[3])) do
       local body = cjson.encode({k = 'leave', n = display, x = 'gateway lost', g = gw,
                                  t = tonumber(ARGV[3])})
       publish_room(KEYS[6], r, room, body, keep, 0)
-      if redis.call('HLEN', r.members) == 0 then room_emptied(KEYS[7], r, room, retention) end
+      if redis.call('HLEN', r.members) == 0 then
+        room_emptied(KEYS[7], r, room, retention)
+      else
+        room_counted(KEYS[7], r.members, room)
+      end
     end
     redis.call('DEL', rooms_key)
     table.insert(released, display)

@@ -5,7 +5,7 @@
 -- KEYS[2] the gateway's nicks   Keys.gateway_nicks(gateway)
 -- KEYS[3] the nick's rooms      Keys.nick_rooms(folded)
 -- KEYS[4] epoch                 Keys.epoch
--- KEYS[5] rooms                 Keys.rooms
+-- KEYS[5] rooms                 Keys.rooms (ZSET: room -> minus its member count)
 -- ARGV[1] folded nick
 -- ARGV[2] owner record          keys.owner_record(gateway, display nick)
 -- ARGV[3] the leave envelope    codec.encode_body('leave', ...)
@@ -27,7 +27,11 @@ for _, room in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   redis.call('HDEL', r.members, ARGV[1])
   publish_room(KEYS[4], r, room, ARGV[3], keep, 0)
   -- after the publish, so the expiry covers keys the publish may have created
-  if redis.call('HLEN', r.members) == 0 then room_emptied(KEYS[5], r, room, retention) end
+  if redis.call('HLEN', r.members) == 0 then
+    room_emptied(KEYS[5], r, room, retention)
+  else
+    room_counted(KEYS[5], r.members, room)
+  end
 end
 redis.call('DEL', KEYS[3])
 return 1
