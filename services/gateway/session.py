@@ -399,6 +399,8 @@ class Session:
             self.log.info("client.left", reason=reason)
         self.log.info("client.disconnected", reason=reason)
         final = self.writer.take()
+        if self.flood_dropped and not self.writer.overflowed:
+            final += flooded(self.flood_dropped)  # owed, and never sent silently
         if self.close_reason is not None:
             # A fresh line: an interrupted write may have left a partial line behind.
             final = (b"\r\n" if self.writer.overflowed else final) + p.error(

@@ -76,7 +76,7 @@ async def test_rooms_join_part_rooms_who_and_current_room(cluster: Cluster) -> N
     assert not any("in dev" in line for line in carol.lines)  # carol is not in #dev
 
     await carol.send("/rooms")
-    await carol.expect(r"^== 2 rooms: #dev \(2\), #lobby \(3\)$")
+    await carol.expect(r"^== 2 rooms: #lobby \(3\), #dev \(2\)$")  # largest first
     await carol.send("/who #dev")
     await carol.expect(r"^== 2 in #dev: alice, bob$")
     await carol.send("/who")
@@ -86,7 +86,7 @@ async def test_rooms_join_part_rooms_who_and_current_room(cluster: Cluster) -> N
     await alice.expect(r"^#dev -- bob left #dev$")
     await bob.expect(r"^== left #dev; now talking in #lobby$")
     await carol.send("/rooms")
-    await carol.expect(r"^== 2 rooms: #dev \(1\), #lobby \(3\)$")
+    await carol.expect(r"^== 2 rooms: #lobby \(3\), #dev \(1\)$")
 
     await carol.send("/join bad room!")
     await carol.expect(r"^!! invalid room: ")

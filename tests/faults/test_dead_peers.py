@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 
+import pytest
 import redis
 import trio
 
@@ -20,6 +23,36 @@ async def test_client_sockets_have_tcp_keepalive(start_gateway: StartGateway) ->
     assert stream.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1  # type: ignore[attr-defined]
     assert stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60  # type: ignore[attr-defined]
     await client.aclose()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("iptables") is None,
+    reason="making a TCP peer stop answering takes root and iptables",
+)
+async def test_a_peer_that_stops_answering_is_closed_by_keepalive_and_a_quiet_one_is_not(
+    start_gateway: StartGateway,
+) -> None:
+    """Keepalive, not an idle timeout, finds dead peers: a client whose host stops
+    answering (its packets dropped from now on) is closed after the probes, while
+    one that is as silent but alive stays."""
+    gw = await start_gateway(keepalive_idle_s=1, keepalive_interval_s=1, keepalive_count=2)
+    watcher = await ChatClient.join(gw.ports[0], "watcher")
+    quiet = await ChatClient.join(gw.ports[0], "quiet")
+    gone = await ChatClient.join(gw.ports[0], "gone")
+    client_port = gone.stream.socket.getsockname()[1]
+    # Only this connection's packets towards the gateway: its ACKs of the probes.
+    rule = ["INPUT", "-i", "lo", "-p", "tcp", "--sport", str(client_port),
+            "--dport", str(gw.ports[0]), "-j", "DROP"]
+    await trio.run_process(["iptables", "-I", *rule])
+    try:
+        await watcher.expect(r"^#lobby -- gone left the chat!$", timeout=20)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.run_process(["iptables", "-D", *rule])
+    await watcher.send("/who")
+    await watcher.expect(r"^== 2 online: quiet, watcher$")  # as silent, but answering
+    await quiet.send("still here")
+    await watcher.expect(r"^#lobby <quiet> still here$")
 
 
 async def test_idle_timeout_disconnects_with_a_reason(
@@ -43,7 +76,9 @@ async def test_nick_timeout_disconnects_clients_that_never_choose(
 
 
 async def test_nick_timeout_is_not_reset_by_rejected_attempts(start_gateway: StartGateway) -> None:
-    gw = await start_gateway(nick_timeout_s=1.0)
+    # Neither the line limit nor the flood budget may end it first: the timer is under test.
+    gw = await start_gateway(nick_timeout_s=1.0, max_lines_before_nick=100000,
+                             flood_burst=100000, flood_rate=100000)
     pest = await ChatClient.connect(gw.ports[0])
     with trio.fail_after(10):
         while not pest.closed:
