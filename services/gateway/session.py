@@ -107,8 +107,7 @@ class Session:
         self.flood = TokenBucket(self.settings.flood_burst, self.settings.flood_rate)
         self.flood_dropped = 0  # lines refused for flood and not reported yet
         self.flood_notice_at = -math.inf  # when the next flood notice may go out
-        per_minute = self.settings.rooms_per_minute
-        self.creates = TokenBucket(per_minute, per_minute / 60.0)
+        self.creates: TokenBucket | None = None  # made on the first /join (memory)
         self.lines_before_nick = 0
         self.framer = p.LineFramer(self.settings.max_line_bytes)
         self._task: trio.lowlevel.Task | None = None
@@ -147,12 +146,18 @@ class Session:
             self.flood_dropped = 0
             self.flood_notice_at = now + FLOOD_NOTICE_INTERVAL_S
 
+    def _creates(self) -> TokenBucket:
+        if self.creates is None:
+            per_minute = self.settings.rooms_per_minute
+            self.creates = TokenBucket(per_minute, per_minute / 60.0)
+        return self.creates
+
     def may_create_room(self) -> bool:
         """Whether this connection may create a room now (``rooms_per_minute``)."""
-        return self.creates.available(1.0)
+        return self._creates().available(1.0)
 
     def created_room(self) -> None:
-        self.creates.take(1.0)
+        self._creates().take(1.0)
 
     @property
     def log(self) -> Any:
