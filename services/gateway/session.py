@@ -359,6 +359,7 @@ class Session:
             claimed = await self.chat.claim_nick(self, folded, nick)
         except RedisError as exc:
             self.log.warning("nick.unavailable", attempted=nick, error=str(exc))
+            self._not_counted()
             self.deliver(p.UNAVAILABLE)
             self.deliver(p.NICK_PROMPT)
             return None
@@ -384,9 +385,16 @@ class Session:
                     pass  # re-assertion or the lease reaper releases it later
             self.nick = self.folded = None
             self.rebind()
+            self._not_counted()
             self.deliver(p.UNAVAILABLE)
             self.deliver(p.NICK_PROMPT)
         return None
+
+    def _not_counted(self) -> None:
+        # A nickname attempt that failed because Redis did is not the client's
+        # fault: it does not count towards max_lines_before_nick (the nickname
+        # timeout still bounds a client waiting out an outage).
+        self.lines_before_nick -= 1
 
     async def _finish(self, ended_by: str) -> None:
         """Leave every room, release the nickname, say goodbye, close.  Bounded."""
