@@ -67,40 +67,31 @@ async def _ask(port: int, rc: redis.Redis, command: str) -> tuple[int, int, floa
     return after - before - 1, len(buffer.split(b"\n", 1)[0]), elapsed  # -1: our INFO
 
 
-async def _main(rooms: int, users: int) -> None:
+async def _main(port: int, rooms: int, users: int) -> None:
     configure_logging(fmt="json", level="warning")
-    port = _free_port()
-    binary = shutil.which("redis-server") or "redis-server"
-    with tempfile.TemporaryDirectory() as tmp:
-        server = subprocess.Popen([binary, "--port", str(port), "--save", "", "--dir", tmp],
-                                  stdout=subprocess.DEVNULL)
+    rc = redis.Redis(port=port)
+    while True:
         try:
-            rc = redis.Redis(port=port)
-            while True:
-                try:
-                    rc.ping()
-                    break
-                except redis.ConnectionError:
-                    await trio.sleep(0.05)
-            keys = Keys("bench:")
-            _fill(rc, keys, rooms, users)
-            settings = Settings(listen=HostPort("127.0.0.1", 0), key_prefix="bench:",
-                                redis_url=parse_redis_url(f"redis://127.0.0.1:{port}/0"),
-                                log_format="json")
-            gateway = Gateway(settings)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(gateway.serve)
-                while not gateway.available:
-                    await trio.sleep(0.05)
-                for command in ("/rooms", "/who"):
-                    calls, size, elapsed = await _ask(gateway.ports[0], rc, command)
-                    print(f"{command}: {calls} Redis commands (heartbeats included), "
-                          f"reply {size} bytes, {elapsed * 1000:.1f} ms "
-                          f"({rooms} rooms, {users} users)")
-                nursery.cancel_scope.cancel()
-        finally:
-            server.terminate()
-            server.wait()
+            rc.ping()
+            break
+        except redis.ConnectionError:
+            await trio.sleep(0.05)
+    keys = Keys("bench:")
+    _fill(rc, keys, rooms, users)
+    settings = Settings(listen=HostPort("127.0.0.1", 0), key_prefix="bench:",
+                        redis_url=parse_redis_url(f"redis://127.0.0.1:{port}/0"),
+                        log_format="json")
+    gateway = Gateway(settings)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        while not gateway.available:
+            await trio.sleep(0.05)
+        for command in ("/rooms", "/who"):
+            calls, size, elapsed = await _ask(gateway.ports[0], rc, command)
+            print(f"{command}: {calls} Redis commands (heartbeats included), "
+                  f"reply {size} bytes, {elapsed * 1000:.1f} ms "
+                  f"({rooms} rooms, {users} users)")
+        nursery.cancel_scope.cancel()
 
 
 def main() -> None:
@@ -108,7 +99,16 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=15000)
     parser.add_argument("--users", type=int, default=20000)
     args = parser.parse_args()
-    trio.run(_main, args.rooms, args.users)
+    port = _free_port()
+    binary = shutil.which("redis-server") or "redis-server"
+    with tempfile.TemporaryDirectory() as tmp:
+        server = subprocess.Popen([binary, "--port", str(port), "--save", "", "--dir", tmp],
+                                  stdout=subprocess.DEVNULL)
+        try:
+            trio.run(_main, port, args.rooms, args.users)
+        finally:
+            server.terminate()
+            server.wait()
 
 
 if __name__ == "__main__":
