@@ -299,6 +299,40 @@ class Settings:
         metavar="CIDRS",
     )
 
+    # -- accounts (registered nicknames) --------------------------------------------
+    password_min_length: int = _setting(
+        "8", parse_positive_int, "shortest password /register and /password accept, in characters",
+        metavar="N",
+    )
+    password_max_length: int = _setting(
+        "128", parse_positive_int, "longest password accepted, in characters (at most 1024)",
+        metavar="N",
+    )
+    password_hash_threads: int = _setting(
+        "2",
+        parse_positive_int,
+        "password hashes (argon2id, ~19 MiB each) computed at once; more wait their turn",
+        metavar="N",
+    )
+    auth_failures_per_account: int = _setting(
+        "5",
+        parse_positive_int,
+        "wrong passwords for one nickname, cluster-wide, before it is locked for the window",
+        metavar="N",
+    )
+    auth_failures_per_ip: int = _setting(
+        "20",
+        parse_positive_int,
+        "wrong passwords from one client address, cluster-wide, before it is locked for the window",
+        metavar="N",
+    )
+    auth_failure_window_s: float = _setting(
+        "300",
+        parse_duration,
+        "how long failed password attempts are counted (from the first one)",
+        metavar="SECONDS",
+    )
+
     def __post_init__(self) -> None:
         if self.gateway_id is None:
             object.__setattr__(self, "gateway_id", _default_gateway_id())
@@ -317,6 +351,16 @@ class Settings:
             raise ConfigError(f"CHAT_HISTORY_SIZE must be at most 500, got {self.history_size}")
         if self.flood_rate <= 0:
             raise ConfigError("flood_rate must be positive")
+        if not self.password_min_length <= self.password_max_length <= 1024:
+            raise ConfigError(
+                "CHAT_PASSWORD_MIN_LENGTH <= CHAT_PASSWORD_MAX_LENGTH <= 1024 must hold, got "
+                f"{self.password_min_length} and {self.password_max_length}"
+            )
+        if not 0 < self.auth_failure_window_s < math.inf:
+            raise ConfigError(
+                "CHAT_AUTH_FAILURE_WINDOW_S must be a positive, finite number of seconds, "
+                f"got {self.auth_failure_window_s}"
+            )
 
 
 ENV_PREFIX = "CHAT_"

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from services.common.bus import PublishUncertain, Resolution
 from services.common.config import Settings
+from services.gateway.accounts import Checked
 from services.gateway.writer import Writer
 
 
@@ -26,6 +27,9 @@ class Member(Protocol):
 
     nick: str | None
     folded: str | None
+    # The account hash this client proved (or set) for its nickname; ``None`` when
+    # its nickname is not registered.  Never the password.
+    account_hash: str | None
     writer: Writer
 
     @property
@@ -73,12 +77,29 @@ class Chat(Protocol):
     def count_message_in(self) -> None: ...
 
     # nicknames
-    async def claim_nick(self, member: Member, folded: str, nick: str) -> bool:
-        """Claim ``nick`` across the cluster for ``member``; ``False`` when taken."""
+    async def claim_nick(
+        self, member: Member, folded: str, nick: str, proven_hash: str = ""
+    ) -> str:
+        """Claim ``nick`` across the cluster for ``member``: ``"claimed"``,
+        ``"taken"``, or ``"registered"`` (an account whose hash is not
+        ``proven_hash``, the one the client proved its password against)."""
 
-    async def rename(self, member: Member, new: str) -> str:
-        """``"renamed"``, ``"taken"`` or ``"lost"`` (this gateway no longer owns the
-        old nickname)."""
+    async def rename(self, member: Member, new: str, proven_hash: str = "") -> str:
+        """``"renamed"``, ``"taken"``, ``"registered"`` (see :meth:`claim_nick`) or
+        ``"lost"`` (this gateway no longer owns the old nickname)."""
+
+    # accounts
+    async def check_password(self, folded: str, address: str, password: str) -> Checked:
+        """Check an account's password; wrong ones are counted against the account
+        and ``address`` across the cluster."""
+
+    async def register_account(self, member: Member, password: str) -> str:
+        """Register ``member``'s nickname: ``"registered"``, ``"already"`` (it is an
+        account already) or ``"lost"`` (``member`` no longer holds it)."""
+
+    async def change_password(self, member: Member, old_hash: str, new_password: str) -> bool:
+        """Replace ``member``'s account password; ``False`` when the account is
+        gone or was changed meanwhile."""
 
     async def forget(self, member: Member, reason: str = "") -> None:
         """Remove a leaving member everywhere: local rooms, its nickname, its
@@ -123,9 +144,13 @@ class Caller(Member, Protocol):
 
     leave_text: str
 
-    def spend(self) -> bool:
-        """Take one line from the client's flood budget; ``False`` (and the client
-        told) when it is spent."""
+    @property
+    def address(self) -> str:
+        """The client's address (the PROXY header's when trusted), without port."""
+
+    def spend(self, cost: float = 1.0) -> bool:
+        """Take ``cost`` lines from the client's flood budget; ``False`` (and the
+        client told) when it is spent."""
 
     async def say(self, kind: str, text: str) -> None:
         """Publish a chat line or action in the current room."""

@@ -52,14 +52,14 @@ class MemoryChat:
     def count_message_in(self) -> None:
         pass
 
-    async def claim_nick(self, member: Member, folded: str, nick: str) -> bool:
+    async def claim_nick(self, member: Member, folded: str, nick: str, proven_hash: str = "") -> str:
         if folded in self.nicks or folded in self.reserved:
-            return False
+            return "taken"
         self.nicks[folded] = member
         member.nick, member.folded = nick, folded
-        return True
+        return "claimed"
 
-    async def rename(self, member: Member, new: str) -> str:
+    async def rename(self, member: Member, new: str, proven_hash: str = "") -> str:
         if self.rename_outcome is not None:
             return self.rename_outcome
         folded = p.fold_nick(new)
