@@ -314,6 +314,12 @@ class Settings:
         "password hashes (argon2id, ~19 MiB each) computed at once; more wait their turn",
         metavar="N",
     )
+    registrations_per_ip: int = _setting(
+        "5",
+        parse_positive_int,
+        "accounts one client address may register per hour, cluster-wide",
+        metavar="N",
+    )
     auth_failures_per_account: int = _setting(
         "5",
         parse_positive_int,

@@ -27,6 +27,8 @@ Keys
                                the window's TTL
 ``{p}auth:fail:ip:{address}``  STRING failed password attempts from a client address,
                                with the window's TTL
+``{p}auth:reg:ip:{address}``   STRING accounts registered from a client address, with
+                               the window's TTL
 
 Channels
 --------
@@ -121,6 +123,9 @@ class Keys:
 
     def auth_failures_address(self, address: str) -> str:
         return f"{self.prefix}auth:fail:ip:{address}"
+
+    def registrations_address(self, address: str) -> str:
+        return f"{self.prefix}auth:reg:ip:{address}"
 
     # -- channels -----------------------------------------------------------
     def room_channel(self, room: str) -> str:

@@ -40,6 +40,9 @@ HASH_PARALLELISM = 1
 # hashing thread busy for tens of milliseconds.
 AUTH_COST = 5.0
 
+# CHAT_REGISTRATIONS_PER_IP counts registrations in this window.
+REGISTRATION_WINDOW_S = 3600.0
+
 
 def password_problem(password: str, settings: Settings) -> str | None:
     """Why ``password`` cannot be used (``None``: it can).  Never echoes it."""
@@ -122,10 +125,17 @@ class Accounts:
         await self.bus.auth_undo(folded, address)
         return Checked(Check.OK, password_hash=stored)
 
-    async def register(self, folded: str, nick: str, password: str) -> tuple[RegisterResult, str]:
-        """Register the caller's nickname; the result and the stored hash."""
+    async def register(
+        self, folded: str, nick: str, password: str, address: str
+    ) -> tuple[RegisterResult, str, float]:
+        """Register the caller's nickname: the result, the stored hash, and with
+        ``ADDRESS_LIMITED`` the seconds until ``address`` may register again."""
         password_hash = await self.hash(password)
-        return await self.bus.register(folded, nick, password_hash), password_hash
+        result, retry_s = await self.bus.register(
+            folded, nick, password_hash, address=address,
+            per_address=self.settings.registrations_per_ip, window_s=REGISTRATION_WINDOW_S,
+        )
+        return result, password_hash, retry_s
 
     async def change(self, folded: str, old_hash: str, new_password: str) -> str | None:
         """Store ``new_password``'s hash if the account still has ``old_hash``; the

@@ -182,8 +182,13 @@ class Commands:
             # An account lives only in Redis: nothing to keep it in meanwhile.
             caller.deliver(p.UNAVAILABLE)
             return None
-        outcome = await self.chat.register_account(caller, password)
-        if outcome == "already":
+        outcome, retry_s = await self.chat.register_account(caller, password, caller.address)
+        if outcome == "limited":
+            caller.deliver(p.error(
+                f"too many nicknames registered from your address; try again in "
+                f"{max(1, int(retry_s + 0.999))}s"
+            ))
+        elif outcome == "already":
             caller.deliver(p.error(f"{caller.nick} is registered already; /password OLD NEW changes "
                                    "its password"))
         elif outcome == "lost":

@@ -264,13 +264,21 @@ class Gateway:
     async def check_password(self, folded: str, address: str, password: str) -> Checked:
         return await self.accounts.check(folded, address, password)
 
-    async def register_account(self, member: Member, password: str) -> str:
+    async def register_account(
+        self, member: Member, password: str, address: str
+    ) -> tuple[str, float]:
         assert member.folded is not None and member.nick is not None
-        result, password_hash = await self.accounts.register(member.folded, member.nick, password)
+        result, password_hash, retry_s = await self.accounts.register(
+            member.folded, member.nick, password, address
+        )
         if result is RegisterResult.REGISTERED:
             member.account_hash = password_hash
-            return "registered"
-        return "already" if result is RegisterResult.ALREADY_REGISTERED else "lost"
+        return {
+            RegisterResult.REGISTERED: "registered",
+            RegisterResult.ALREADY_REGISTERED: "already",
+            RegisterResult.NOT_OURS: "lost",
+            RegisterResult.ADDRESS_LIMITED: "limited",
+        }[result], retry_s
 
     async def change_password(self, member: Member, old_hash: str, new_password: str) -> bool:
         assert member.folded is not None

@@ -93,9 +93,13 @@ class Chat(Protocol):
         """Check an account's password; wrong ones are counted against the account
         and ``address`` across the cluster."""
 
-    async def register_account(self, member: Member, password: str) -> str:
+    async def register_account(
+        self, member: Member, password: str, address: str
+    ) -> tuple[str, float]:
         """Register ``member``'s nickname: ``"registered"``, ``"already"`` (it is an
-        account already) or ``"lost"`` (``member`` no longer holds it)."""
+        account already), ``"lost"`` (``member`` no longer holds it) or
+        ``"limited"`` (``address`` registered its share: the float says for how
+        many more seconds)."""
 
     async def change_password(self, member: Member, old_hash: str, new_password: str) -> bool:
         """Replace ``member``'s account password; ``False`` when the account is

@@ -33,7 +33,7 @@ def pair(
     redis_server: RedisServer, gateway_procs: Callable[..., GatewayProcess], prefix: str
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     settings = {"key_prefix": prefix, "flood_burst": 500, "auth_failures_per_account": 3,
-                "auth_failures_per_ip": 4}
+                "auth_failures_per_ip": 4, "registrations_per_ip": 4}
     yield (gateway_procs(redis_server.url, "gw1", **settings),
            gateway_procs(redis_server.url, "gw2", **settings))
 
@@ -171,8 +171,13 @@ async def test_wrong_passwords_are_limited_per_account_and_per_address_cluster_w
     pair: tuple[GatewayProcess, GatewayProcess],
 ) -> None:
     gw1, gw2 = pair
-    for nick in ("bob", "carol", "dave", "erin"):
-        await quit_(await register(gw1.port, nick))
+    for gw, nick in ((gw1, "bob"), (gw2, "carol"), (gw1, "dave"), (gw2, "erin")):
+        await quit_(await register(gw.port, nick))
+    # 4 registrations from one address in an hour (CHAT_REGISTRATIONS_PER_IP), cluster-wide.
+    fifth = await ChatClient.join(gw1.port, "frank")
+    await fifth.send(f"/register {PASSWORD}")
+    await fifth.expect(r"^!! too many nicknames registered from your address; try again in \d+s$")
+    await quit_(fifth)
 
     # Per account (3 in the window): from three addresses, on both gateways.
     for i, gw in enumerate((gw1, gw2, gw1)):

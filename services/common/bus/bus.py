@@ -68,6 +68,7 @@ class RenameResult(enum.IntEnum):
 class RegisterResult(enum.IntEnum):
     """What :meth:`Bus.register` did."""
 
+    ADDRESS_LIMITED = -2  # the caller's address registered its share for now
     NOT_OURS = -1  # the caller no longer holds the nickname
     ALREADY_REGISTERED = 0
     REGISTERED = 1
@@ -209,15 +210,21 @@ class Bus:
         reply = await self.redis.execute("HGET", self.keys.account(folded), "hash")
         return None if reply is None else reply.decode()
 
-    async def register(self, folded: str, nick: str, password_hash: str) -> RegisterResult:
-        """Register ``nick`` with ``password_hash``, only while this gateway holds it."""
+    async def register(
+        self, folded: str, nick: str, password_hash: str, *, address: str, per_address: int,
+        window_s: float,
+    ) -> tuple[RegisterResult, float]:
+        """Register ``nick`` with ``password_hash``, only while this gateway holds it
+        and ``address`` has registered fewer than ``per_address`` accounts in the
+        window.  The result, and with ``ADDRESS_LIMITED`` the seconds to wait."""
         k = self.keys
-        reply = await self._register(
+        code, ms = await self._register(
             self.redis,
-            [k.nicks, k.account(folded), k.accounts],
-            [folded, owner_record(self.gateway_id, nick), password_hash, nick, int(time.time())],
+            [k.nicks, k.account(folded), k.accounts, k.registrations_address(address)],
+            [folded, owner_record(self.gateway_id, nick), password_hash, nick, int(time.time()),
+             per_address, max(1, int(window_s * 1000))],
         )
-        return RegisterResult(int(reply))
+        return RegisterResult(int(code)), int(ms) / 1000
 
     async def set_password(self, folded: str, old_hash: str, new_hash: str) -> bool:
         """Replace the account's hash if it is still ``old_hash``."""

@@ -13,6 +13,7 @@ from services.common.keys import Keys
 from tests.common.bus.conftest import MakeBus
 
 HASH = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"
+LIMITS = {"address": "10.9.9.9", "per_address": 100, "window_s": 3600.0}
 
 
 async def test_a_registered_nick_is_claimed_only_with_its_current_hash(
@@ -20,7 +21,7 @@ async def test_a_registered_nick_is_claimed_only_with_its_current_hash(
 ) -> None:
     g1, g2 = make_bus("g1~a"), make_bus("g2~b")
     assert await g1.claim_nick("alice", "Alice") is ClaimResult.CLAIMED
-    assert await g1.register("alice", "Alice", HASH) is RegisterResult.REGISTERED
+    assert await g1.register("alice", "Alice", HASH, **LIMITS) == (RegisterResult.REGISTERED, 0)
     assert rc.hgetall(keys.account("alice"))[b"hash"] == HASH.encode()
     assert rc.smembers(keys.accounts) == {b"alice"}
     await g1.release_nick("alice", "Alice")
@@ -56,12 +57,14 @@ async def test_only_the_holder_registers_and_only_once(
 ) -> None:
     g1, g2 = make_bus("g1~a"), make_bus("g2~b")
     await g1.claim_nick("alice", "Alice")
-    assert await g2.register("alice", "Alice", HASH) is RegisterResult.NOT_OURS
-    assert await g1.register("alice", "alice", HASH) is RegisterResult.NOT_OURS  # other display
-    assert await g1.register("bob", "bob", HASH) is RegisterResult.NOT_OURS  # offline
+    assert await g2.register("alice", "Alice", HASH, **LIMITS) == (RegisterResult.NOT_OURS, 0)
+    # Held under another display form, or offline: not the caller's.
+    assert await g1.register("alice", "alice", HASH, **LIMITS) == (RegisterResult.NOT_OURS, 0)
+    assert await g1.register("bob", "bob", HASH, **LIMITS) == (RegisterResult.NOT_OURS, 0)
     assert not rc.exists(keys.account("alice")) and not rc.exists(keys.account("bob"))
-    assert await g1.register("alice", "Alice", HASH) is RegisterResult.REGISTERED
-    assert await g1.register("alice", "Alice", "other") is RegisterResult.ALREADY_REGISTERED
+    assert await g1.register("alice", "Alice", HASH, **LIMITS) == (RegisterResult.REGISTERED, 0)
+    already = (RegisterResult.ALREADY_REGISTERED, 0)
+    assert await g1.register("alice", "Alice", "other", **LIMITS) == already
     assert rc.hget(keys.account("alice"), "hash") == HASH.encode()
 
 
@@ -112,3 +115,20 @@ async def test_concurrent_attempts_never_pass_the_limit(make_bus: MakeBus) -> No
         for i in range(10):
             nursery.start_soon(attempt, i)
     assert allowed.count(AuthLock.NONE) == 4
+
+
+async def test_an_address_registers_a_limited_number_of_accounts_per_window(
+    make_bus: MakeBus, rc: redis.Redis, keys: Keys
+) -> None:
+    g1 = make_bus("g1~a")
+    limits = {"address": "10.0.0.7", "per_address": 2, "window_s": 3600.0}
+    for nick in ("ann", "ben", "cat"):
+        await g1.claim_nick(nick, nick)
+    assert (await g1.register("ann", "ann", HASH, **limits))[0] is RegisterResult.REGISTERED
+    assert (await g1.register("ben", "ben", HASH, **limits))[0] is RegisterResult.REGISTERED
+    result, retry_s = await g1.register("cat", "cat", HASH, **limits)
+    assert result is RegisterResult.ADDRESS_LIMITED and 3590 < retry_s <= 3600
+    assert not rc.exists(keys.account("cat"))
+    assert rc.smembers(keys.accounts) == {b"ann", b"ben"}
+    other = {**limits, "address": "10.0.0.8"}
+    assert (await g1.register("cat", "cat", HASH, **other))[0] is RegisterResult.REGISTERED

@@ -183,7 +183,8 @@ async def test_every_key_a_script_writes_was_passed_to_it(
     await g1.release_nick("alicia", "ALICIA", "bye")
     await g1.claim_nick("carl", "Carl")
     await g1.join_room("#c", "carl", "Carl")
-    await g1.register("carl", "Carl", "$argon2id$old")
+    await g1.register("carl", "Carl", "$argon2id$old", address="127.0.0.1", per_address=5,
+                      window_s=60)
     await g1.set_password("carl", "$argon2id$old", "$argon2id$new")
     await g1.auth_attempt("carl", "127.0.0.1", per_account=5, per_address=5, window_s=60)
     await g1.auth_undo("carl", "127.0.0.1")
