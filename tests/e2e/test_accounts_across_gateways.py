@@ -24,8 +24,10 @@ PROMPT = r"^\?\? Choose a nickname:$"
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"acct:{os.getpid()}:{id(object())}:"
+def prefix(key_prefix: str) -> str:
+    """A prefix of this test's own: counts (registrations, failures) must not leak
+    from one test into the next."""
+    return f"acct:{os.getpid()}:{key_prefix}"
 
 
 @pytest.fixture
