@@ -31,7 +31,8 @@ log = structlog.get_logger()
 
 # OWASP's first argon2id choice (m=19 MiB, t=2, p=1); docs/OPERATIONS.md has the
 # measured time and memory per hash.  The parameters travel inside each stored
-# hash, so changing them here leaves existing accounts verifiable.
+# hash, so changing them here leaves existing accounts verifiable; each one is
+# re-hashed with the new parameters at its next successful login.
 HASH_TIME_COST = 2
 HASH_MEMORY_KIB = 19456
 HASH_PARALLELISM = 1
@@ -123,6 +124,12 @@ class Accounts:
         if not await self._matches(stored, password):
             return Checked(Check.WRONG)
         await self.bus.auth_undo(folded, address)
+        if self.hasher.check_needs_rehash(stored):
+            # Hashed with older parameters: store it with today's, now that we can.
+            rehashed = await self.hash(password)
+            if await self.bus.set_password(folded, stored, rehashed):
+                log.info("account.rehashed", account=folded)
+                stored = rehashed
         return Checked(Check.OK, password_hash=stored)
 
     async def register(

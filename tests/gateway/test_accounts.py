@@ -8,7 +8,9 @@ import threading
 import time
 
 import pytest
+import redis
 import trio
+from argon2 import PasswordHasher
 
 from services.common.bus import AuthLock
 from services.common.config import HostPort, Settings
@@ -117,3 +119,18 @@ async def test_password_commands_cost_five_lines_of_the_flood_budget(
     await client.expect(r"^!! too many lines, slow down; your line was not sent$")
     await client.send("two lines left")
     await client.expect(r"^#lobby <flooder> two lines left$")
+
+
+async def test_a_hash_with_old_parameters_is_replaced_at_the_next_login(
+    start_gateway: StartGateway, rc: redis.Redis, key_prefix: str
+) -> None:
+    gw = await start_gateway()
+    old = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash("old-params-pw")
+    rc.hset(f"{key_prefix}account:olga", mapping={"hash": old, "nick": "olga"})
+    client = await ChatClient.connect(gw.ports[0])
+    await client.send("olga old-params-pw")
+    await client.expect(r"^== welcome, olga!")
+    stored = rc.hget(f"{key_prefix}account:olga", "hash").decode()
+    assert stored.startswith(f"$argon2id$v=19$m={HASH_MEMORY_KIB},t=2,p=1$")
+    await client.send("/password old-params-pw new-params-pw")  # the session knows the new hash
+    await client.expect(r"^== your password is changed$")
