@@ -233,8 +233,8 @@ HELP_LINES = (
     "  /me ACTION          an action in the current room          e.g. /me waves",
     "  /nick NEW           change your nickname                   e.g. /nick alice2",
     "  /register PASSWORD  make your nickname yours (an account)  e.g. /register s3cret-pw",
-    "  /identify [NICK] PASSWORD  prove a registered nickname is yours; with NICK,"
-    " become it  e.g. /identify alice s3cret-pw",
+    "  /identify [NICK] PASSWORD",
+    "                      log in to a registered nickname        e.g. /identify alice s3cret-pw",
     "  /password OLD NEW   change your account's password         e.g. /password s3cret-pw n3w-pw",
     "  /quit [reason]      leave the chat                         e.g. /quit bye all",
     "plain lines go to your current room (the one you joined last);",

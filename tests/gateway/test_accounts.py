@@ -24,6 +24,7 @@ from services.gateway.accounts import (
 )
 from tests.conftest import StartGateway
 from tests.support.chat_client import ChatClient
+from tests.support.redis_server import RedisServer
 
 SETTINGS = Settings(listen=HostPort("127.0.0.1", 0), password_hash_threads=2)
 
@@ -134,3 +135,24 @@ async def test_a_hash_with_old_parameters_is_replaced_at_the_next_login(
     assert stored.startswith(f"$argon2id$v=19$m={HASH_MEMORY_KIB},t=2,p=1$")
     await client.send("/password old-params-pw new-params-pw")  # the session knows the new hash
     await client.expect(r"^== your password is changed$")
+
+
+async def test_password_commands_while_redis_is_down_say_so_and_keep_nothing(
+    start_gateway: StartGateway, fresh_redis: RedisServer
+) -> None:
+    gw = await start_gateway(redis_url=fresh_redis.url, redis_timeout_s=1.0, flood_burst=100)
+    client = await ChatClient.join(gw.ports[0], "dora")
+    fresh_redis.kill()
+    await client.expect(r"^== chat interrupted: ")
+    unavailable = r"^!! chat is unavailable right now \(cannot reach Redis\); try again shortly$"
+    for line in ("/register dora-password", "/identify dora dora-password",
+                 "/identify other other-password"):
+        await client.send(line)
+        await client.expect(unavailable)
+    newcomer = await ChatClient.connect(gw.ports[0])
+    await newcomer.send("erin erin-password")
+    await newcomer.expect(unavailable)
+    await newcomer.expect(r"^\?\? Choose a nickname:$")
+    fresh_redis.start()  # empty: nothing was kept to be written later
+    await client.expect(r"^== chat is back$", timeout=15)
+    assert fresh_redis.client().keys("*account*") == []
