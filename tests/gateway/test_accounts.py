@@ -156,3 +156,16 @@ async def test_password_commands_while_redis_is_down_say_so_and_keep_nothing(
     fresh_redis.start()  # empty: nothing was kept to be written later
     await client.expect(r"^== chat is back$", timeout=15)
     assert fresh_redis.client().keys("*account*") == []
+
+
+async def test_failures_count_against_the_real_client_address_behind_a_proxy(
+    start_gateway: StartGateway, rc: redis.Redis, key_prefix: str
+) -> None:
+    gw = await start_gateway(proxy_protocol=True, flood_burst=100)
+    rc.hset(f"{key_prefix}account:pat", mapping={"hash": "$argon2id$not-real", "nick": "pat"})
+    client = await ChatClient.connect(gw.ports[0])
+    await client.send(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 7000\r\n")
+    await client.send("pat wrong-password")
+    await client.expect(r"^!! wrong password for pat$")
+    assert rc.get(f"{key_prefix}auth:fail:ip:203.0.113.7") == b"1"
+    assert rc.get(f"{key_prefix}auth:fail:ip:127.0.0.1") is None
