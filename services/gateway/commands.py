@@ -21,6 +21,9 @@ Handler = Callable[[Caller, str], Awaitable[str | None]]
 WHO_LIMIT = 500
 MAX_ROOMS_PER_CLIENT = 20
 
+# What the password commands take from the flood budget, charged before they run.
+PASSWORD_COMMAND_COSTS = {"register": AUTH_COST, "identify": AUTH_COST, "password": AUTH_COST}
+
 LOST = p.error("your nickname is being re-registered after a Redis fault; try again shortly")
 
 
@@ -46,6 +49,9 @@ class Commands:
         }
 
     async def run(self, caller: Caller, command: p.Command) -> str | None:
+        cost = PASSWORD_COMMAND_COSTS.get(command.name)
+        if cost is not None and not caller.spend(cost):
+            return None
         handler = self.table.get(command.name)
         if handler is None:
             self.chat.count_rejected("unknown_command")
@@ -167,8 +173,6 @@ class Commands:
 
     # -- accounts: passwords are never logged, echoed, or kept past these calls -------
     async def register(self, caller: Caller, arg: str) -> str | None:
-        if not caller.spend(AUTH_COST):
-            return None
         password = arg.strip()
         if not password:
             caller.deliver(p.error("usage: /register PASSWORD"))
@@ -202,8 +206,6 @@ class Commands:
         return None
 
     async def identify(self, caller: Caller, arg: str) -> str | None:
-        if not caller.spend(AUTH_COST):
-            return None
         words = arg.split()
         if len(words) not in (1, 2):
             caller.deliver(p.error("usage: /identify [NICK] PASSWORD"))
@@ -239,8 +241,6 @@ class Commands:
         return None
 
     async def password(self, caller: Caller, arg: str) -> str | None:
-        if not caller.spend(AUTH_COST):
-            return None
         words = arg.split()
         if len(words) != 2:
             caller.deliver(p.error("usage: /password OLD NEW"))

@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 import trio
 
-from services.common.bus import Bus, PublishUncertain, RegisterResult, Resolution
+from services.common.bus import Bus, ClaimResult, PublishUncertain, RegisterResult, Resolution
 from services.common.bus.codec import (
     BroadcastMessage,
     Canary,
@@ -255,7 +255,7 @@ class Gateway:
 
     async def claim_nick(
         self, member: Member, folded: str, nick: str, proven_hash: str = ""
-    ) -> str:
+    ) -> ClaimResult:
         return await self.nicknames.claim(member, folded, nick, proven_hash)
 
     async def rename(self, member: Member, new: str, proven_hash: str = "") -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from services.common.bus import PublishUncertain, Resolution
+from services.common.bus import ClaimResult, PublishUncertain, Resolution
 from services.common.config import Settings
 from services.gateway.accounts import Checked
 from services.gateway.writer import Writer
@@ -79,9 +79,9 @@ class Chat(Protocol):
     # nicknames
     async def claim_nick(
         self, member: Member, folded: str, nick: str, proven_hash: str = ""
-    ) -> str:
-        """Claim ``nick`` across the cluster for ``member``: ``"claimed"``,
-        ``"taken"``, or ``"registered"`` (an account whose hash is not
+    ) -> ClaimResult:
+        """Claim ``nick`` across the cluster for ``member``: true when claimed,
+        else ``TAKEN`` or ``REGISTERED`` (an account whose hash is not
         ``proven_hash``, the one the client proved its password against)."""
 
     async def rename(self, member: Member, new: str, proven_hash: str = "") -> str:

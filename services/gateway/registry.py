@@ -51,19 +51,19 @@ class Nicknames:
     def __len__(self) -> int:
         return len(self.by_nick)
 
-    async def claim(self, member: Member, folded: str, nick: str, proven_hash: str = "") -> str:
-        """Claim a nickname for ``member`` across the cluster: ``"claimed"``,
-        ``"taken"``, or ``"registered"`` (an account whose hash is not
-        ``proven_hash``; checked in the same atomic step).  Raises RedisError."""
+    async def claim(
+        self, member: Member, folded: str, nick: str, proven_hash: str = ""
+    ) -> ClaimResult:
+        """Claim a nickname for ``member`` across the cluster: true when claimed;
+        ``TAKEN``, or ``REGISTERED`` (an account whose hash is not ``proven_hash``;
+        checked in the same atomic step as the claim).  Raises RedisError."""
         if folded in self.by_nick or folded in self.claiming:
-            return "taken"
+            return ClaimResult.TAKEN
         self.claiming.add(folded)
         try:
             result = await self.bus.claim_nick(folded, nick, proven_hash)
-            if result is ClaimResult.REGISTERED:
-                return "registered"
-            if not result.claimed:
-                return "taken"
+            if not result:
+                return result
         except RedisUnavailable:
             # The claim may still reach Redis after we gave up on it: release it
             # later unless this gateway meanwhile gave the name to someone.
@@ -75,7 +75,7 @@ class Nicknames:
         member.account_hash = proven_hash or None
         self.by_nick[folded] = member
         self.metrics.joins_total.inc()
-        return "claimed"
+        return result
 
     async def _release_orphan(self, folded: str, nick: str) -> None:
         for _ in range(10):
@@ -156,7 +156,7 @@ class Nicknames:
                 continue
             assert member.nick is not None
             claimed = await self.bus.claim_nick(folded, member.nick, member.account_hash or "")
-            if not claimed.claimed:
+            if not claimed:
                 if self._holds(folded, member):
                     await self._resolve_conflict(member)
                 continue
@@ -185,7 +185,7 @@ class Nicknames:
             folded = p.fold_nick(new)
             if folded in self.by_nick:
                 continue
-            if (await self.bus.claim_nick(folded, new)).claimed:
+            if await self.bus.claim_nick(folded, new):
                 member.nick, member.folded = new, folded
                 member.account_hash = None
                 member.rebind()

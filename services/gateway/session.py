@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 import trio
 
-from services.common.bus import PublishUncertain, Resolution
+from services.common.bus import ClaimResult, PublishUncertain, Resolution
 from services.common.redis import RedisError, RedisUnavailable
 from services.gateway import protocol as p
 from services.gateway.accounts import AUTH_COST, Check, locked_line_text
@@ -318,14 +318,14 @@ class Session:
             self.deliver(p.UNAVAILABLE)
             self.deliver(p.NICK_PROMPT)
             return None
-        if claimed == "registered" and not password:
+        if claimed is ClaimResult.REGISTERED and not password:
             self.log.info("nick.rejected", attempted=nick, reason="registered")
             self.awaiting_password = nick
             self.deliver(p.password_prompt(nick))
             return None
-        if claimed != "claimed":
+        if not claimed:
             self.log.info("nick.rejected", attempted=nick, reason="taken")
-            if claimed == "registered":  # its password changed while we checked
+            if claimed is ClaimResult.REGISTERED:  # its password changed while we checked
                 self.deliver(p.error(f"wrong password for {nick}"))
             else:
                 self.deliver(p.error(f'nickname "{nick}" is taken, choose another'))

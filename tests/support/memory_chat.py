@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from services.common.bus import PublishUncertain, Resolution
+from services.common.bus import ClaimResult, PublishUncertain, Resolution
 from services.common.config import HostPort, Settings
 from services.gateway import protocol as p
 from services.gateway.interfaces import Member
@@ -52,12 +52,14 @@ class MemoryChat:
     def count_message_in(self) -> None:
         pass
 
-    async def claim_nick(self, member: Member, folded: str, nick: str, proven_hash: str = "") -> str:
+    async def claim_nick(
+        self, member: Member, folded: str, nick: str, proven_hash: str = ""
+    ) -> ClaimResult:
         if folded in self.nicks or folded in self.reserved:
-            return "taken"
+            return ClaimResult.TAKEN
         self.nicks[folded] = member
         member.nick, member.folded = nick, folded
-        return "claimed"
+        return ClaimResult.CLAIMED
 
     async def rename(self, member: Member, new: str, proven_hash: str = "") -> str:
         if self.rename_outcome is not None:

@@ -43,16 +43,15 @@ ROOM_RETENTION_S = 7 * 24 * 3600
 
 
 class ClaimResult(enum.IntEnum):
-    """What :meth:`Bus.claim_nick` did (false only when the nickname is taken)."""
+    """What :meth:`Bus.claim_nick` did: true when the gateway holds the nickname
+    now, false when it is taken or registered to someone who did not prove it."""
 
     REGISTERED = -1  # an account, and the claimant did not prove its password
     TAKEN = 0  # someone else holds it
     ALREADY_OURS = 1  # this gateway already held it under the same display nick
     CLAIMED = 2  # newly claimed
 
-    @property
-    def claimed(self) -> bool:
-        """Whether this gateway holds the nickname now."""
+    def __bool__(self) -> bool:
         return self > 0
 
 
@@ -150,9 +149,9 @@ class Bus:
 
     # -- nicknames ----------------------------------------------------------------
     async def claim_nick(self, folded: str, nick: str, proven_hash: str = "") -> ClaimResult:
-        """Claim ``nick`` for this gateway (``.claimed`` false when someone else
-        holds it, or it is registered and ``proven_hash``, the account hash the
-        claimant proved its password against, is not the account's)."""
+        """Claim ``nick`` for this gateway (false when someone else holds it, or it
+        is registered and ``proven_hash``, the account hash the claimant proved its
+        password against, is not the account's)."""
         k = self.keys
         reply = await self._claim(
             self.redis,

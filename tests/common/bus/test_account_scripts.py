@@ -32,7 +32,7 @@ async def test_a_registered_nick_is_claimed_only_with_its_current_hash(
     assert await g2.claim_nick("alice", "Alice", HASH) is ClaimResult.CLAIMED
     # Online: with the right proof it is still taken by its holder.
     assert await g1.claim_nick("alice", "Alice", HASH) is ClaimResult.TAKEN
-    assert not ClaimResult.REGISTERED.claimed and ClaimResult.ALREADY_OURS.claimed
+    assert not ClaimResult.REGISTERED and ClaimResult.ALREADY_OURS  # true: it holds it
 
 
 async def test_rename_to_a_registered_nick_needs_its_hash(
