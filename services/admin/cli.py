@@ -16,8 +16,18 @@ from typing import Any, TextIO
 
 import redis
 
-from services.admin.commands import AdminError, UsageError, announce, connect, gateways, kick, who
-from services.admin.render import render_gateways, render_who
+from services.admin.commands import (
+    AdminError,
+    UsageError,
+    accounts,
+    announce,
+    connect,
+    drop_account,
+    gateways,
+    kick,
+    who,
+)
+from services.admin.render import render_accounts, render_gateways, render_who
 from services.common.config import ConfigError, Settings, given_settings
 from services.common.keys import Keys
 
@@ -54,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     kick_p.add_argument("reason", nargs="*", help=f"shown to the user (default: {DEFAULT_KICK_REASON})")
     announce_p = sub.add_parser("announce", parents=[common], help="a line to every client")
     announce_p.add_argument("text", nargs="+")
+    sub.add_parser("accounts", parents=[common], help="every registered nickname")
+    drop_p = sub.add_parser(
+        "drop-account", parents=[common],
+        help="free a registered nickname (its holder, if online, keeps it until it leaves)",
+    )
+    drop_p.add_argument("nick")
     return parser
 
 
@@ -91,6 +107,16 @@ def run(args: argparse.Namespace, out: TextIO, environ: Mapping[str, str]) -> in
         elif args.command == "kick":
             result = kick(client, keys, args.nick, " ".join(args.reason) or DEFAULT_KICK_REASON)
             text = f"kicked {result['nick']} from {result['gateway']}: {result['reason']}"
+        elif args.command == "accounts":
+            found = accounts(client, keys)
+            result = {"accounts": [asdict(a) for a in found], "count": len(found)}
+            text = render_accounts(found)
+        elif args.command == "drop-account":
+            result = drop_account(client, keys, args.nick)
+            text = f"dropped the account {result['nick']}" + (
+                " (still online until it leaves; kick it to free the nickname now)"
+                if result["online"] else ""
+            )
         else:
             result = announce(client, keys, " ".join(args.text))
             text = f"announced to {result['gateways']} gateway(s): {result['text']}"

@@ -88,6 +88,45 @@ def who(client: redis.Redis, keys: Keys) -> list[OnlineNick]:
     ]
 
 
+@dataclass(frozen=True)
+class Account:
+    nick: str  # the display form it was registered with
+    created: int | None  # unix time
+    online: bool
+
+
+def accounts(client: redis.Redis, keys: Keys) -> list[Account]:
+    """Every registered nickname (never a password hash), sorted case-insensitively."""
+    folded_names = sorted(str(f) for f in client.sscan_iter(keys.accounts, count=1000))
+    pipe = client.pipeline(transaction=False)
+    for folded in folded_names:
+        pipe.hmget(keys.account(folded), "nick", "created")
+        pipe.hexists(keys.nicks, folded)
+    replies = pipe.execute()
+    found = []
+    for i, folded in enumerate(folded_names):
+        (nick, created), online = replies[2 * i], replies[2 * i + 1]
+        if nick is None and created is None:
+            continue  # dropped between the two reads
+        found.append(Account(nick or folded, _int(created), bool(online)))
+    return found
+
+
+def drop_account(client: redis.Redis, keys: Keys, nick: str) -> dict[str, Any]:
+    """Free a registered nickname: its account and its failed-attempt count go, in
+    one transaction.  A session holding it keeps it until it leaves (``kick`` ends
+    that).  Raises :class:`AdminError` when it is not registered."""
+    folded = fold_nick(nick)
+    pipe = client.pipeline(transaction=True)
+    pipe.hget(keys.account(folded), "nick")
+    pipe.delete(keys.account(folded), keys.auth_failures_nick(folded))
+    pipe.srem(keys.accounts, folded)
+    display, _, _ = pipe.execute()
+    if display is None:
+        raise AdminError(f"no such account: {nick}")
+    return {"nick": str(display), "online": bool(client.hexists(keys.nicks, folded))}
+
+
 def _int(value: str | None) -> int | None:
     try:
         return int(float(value)) if value is not None else None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
-from services.admin.commands import GatewayState, OnlineNick
+from services.admin.commands import Account, GatewayState, OnlineNick
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
@@ -60,3 +61,16 @@ def render_gateways(states: Sequence[GatewayState]) -> str:
     alive = sum(s.alive for s in states)
     clients = sum(s.clients or 0 for s in states if s.alive)
     return f"{table(rows, headers)}\n{alive} alive, {len(states) - alive} dead; {clients} client(s)"
+
+
+def render_accounts(found: Sequence[Account], now: float | None = None) -> str:
+    if not found:
+        return "no nickname is registered"
+    now = time.time() if now is None else now
+    rows = [
+        (a.nick, "online" if a.online else "-",
+         f"{_age(max(0.0, now - a.created))} ago" if a.created is not None else "-")
+        for a in found
+    ]
+    online = sum(a.online for a in found)
+    return f"{table(rows, ('NICK', 'ONLINE', 'REGISTERED'))}\n{len(found)} account(s), {online} online"

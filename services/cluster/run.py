@@ -60,8 +60,13 @@ async def _start(sup: Supervisor, nursery: trio.Nursery, workdir: Path, environ:
     if plan.redis_url is None:
         assert plan.redis_bin is not None
         owned_url = f"redis://{probe}:{plan.redis_port}/0"
+        redis_dir = workdir
+        if plan.redis_data is not None:
+            plan.redis_data.mkdir(parents=True, exist_ok=True)
+            redis_dir = plan.redis_data
         command = redis_server_command(
-            plan.redis_bin, plan.redis_port, bind=probe, workdir=workdir, loglevel="notice"
+            plan.redis_bin, plan.redis_port, bind=probe, workdir=redis_dir, loglevel="notice",
+            persistent=plan.redis_data is not None,
         )
         redis = await sup.spawn(nursery, "redis", "redis", command, environ)
         ping = partial(redis_ping, plan.redis_port, probe, timeout_s=PROBE_TIMEOUT_S)
@@ -122,7 +127,8 @@ async def _start(sup: Supervisor, nursery: trio.Nursery, workdir: Path, environ:
                 }
                 for gw, child in gateways
             ],
-            redis={"url": redis_url, "owned": owned_url is not None},
+            redis={"url": redis_url, "owned": owned_url is not None,
+                   "data": None if plan.redis_data is None else str(plan.redis_data)},
             pids={c.name: c.pid for c in sup.children},
         )
         return
@@ -136,7 +142,10 @@ async def _start(sup: Supervisor, nursery: trio.Nursery, workdir: Path, environ:
     for gw, _ in gateways:
         http = f"http://{plan.shown_host}:{gw.http_port}/metrics"
         out.say(f"  {gw.name + ':':<10} chat {plan.host}:{gw.port}, {http}")
-    owned = "started here, emptied on exit" if owned_url else "external"
+    owned = "external"
+    if owned_url:
+        owned = ("started here, emptied on exit" if plan.redis_data is None
+                 else f"started here, data kept in {plan.redis_data}")
     out.say(f"  redis:     {redis_url} ({owned})")
     out.say("  stop:      Ctrl-C")
     out.say("")

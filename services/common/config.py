@@ -328,6 +328,45 @@ class Settings:
         "new rooms (joins of a room with no members) one connection may create per minute",
         metavar="N",
     )
+    # -- accounts (registered nicknames) --------------------------------------------
+    password_min_length: int = _setting(
+        "8", parse_positive_int, "shortest password /register and /password accept, in characters",
+        metavar="N",
+    )
+    password_max_length: int = _setting(
+        "128", parse_positive_int, "longest password accepted, in characters (at most 1024)",
+        metavar="N",
+    )
+    password_hash_threads: int = _setting(
+        "2",
+        parse_positive_int,
+        "password hashes (argon2id, ~19 MiB each) computed at once; more wait their turn",
+        metavar="N",
+    )
+    registrations_per_ip: int = _setting(
+        "5",
+        parse_positive_int,
+        "accounts one client address may register per hour, cluster-wide",
+        metavar="N",
+    )
+    auth_failures_per_account: int = _setting(
+        "5",
+        parse_positive_int,
+        "wrong passwords for one nickname, cluster-wide, before it is locked for the window",
+        metavar="N",
+    )
+    auth_failures_per_ip: int = _setting(
+        "20",
+        parse_positive_int,
+        "wrong passwords from one client address, cluster-wide, before it is locked for the window",
+        metavar="N",
+    )
+    auth_failure_window_s: float = _setting(
+        "300",
+        parse_duration,
+        "how long failed password attempts are counted (from the first one)",
+        metavar="SECONDS",
+    )
 
     def __post_init__(self) -> None:
         if self.gateway_id is None:
@@ -351,6 +390,16 @@ class Settings:
             raise ConfigError(
                 "CHAT_KEEPALIVE_IDLE_S and CHAT_KEEPALIVE_INTERVAL_S must be at least 1 second"
                 " (and the interval finite)"
+            )
+        if not self.password_min_length <= self.password_max_length <= 1024:
+            raise ConfigError(
+                "CHAT_PASSWORD_MIN_LENGTH <= CHAT_PASSWORD_MAX_LENGTH <= 1024 must hold, got "
+                f"{self.password_min_length} and {self.password_max_length}"
+            )
+        if not 0 < self.auth_failure_window_s < math.inf:
+            raise ConfigError(
+                "CHAT_AUTH_FAILURE_WINDOW_S must be a positive, finite number of seconds, "
+                f"got {self.auth_failure_window_s}"
             )
 
 

@@ -20,6 +20,16 @@ Keys
 ``{p}rooms-by-size``           ZSET  rooms that currently have members, scored by minus
                                      their member count (largest first in ZRANGE)
 ``{p}nick:{folded}:rooms``     SET   rooms a nickname is in
+``{p}account:{folded}``        HASH  a registered nickname: nick (display form at
+                               registration), hash (argon2id, never the password),
+                               created (unix time); no TTL
+``{p}accounts``                SET   every registered folded nickname (for listing)
+``{p}auth:fail:nick:{folded}`` STRING failed password attempts on an account, with
+                               the window's TTL
+``{p}auth:fail:ip:{address}``  STRING failed password attempts from a client address,
+                               with the window's TTL
+``{p}auth:reg:ip:{address}``   STRING accounts registered from a client address, with
+                               the window's TTL
 
 Channels
 --------
@@ -102,6 +112,23 @@ class Keys:
 
     def nick_rooms(self, folded_nick: str) -> str:
         return f"{self.prefix}nick:{folded_nick}:rooms"
+
+    # -- accounts -----------------------------------------------------------
+    def account(self, folded_nick: str) -> str:
+        return f"{self.prefix}account:{folded_nick}"
+
+    @property
+    def accounts(self) -> str:
+        return f"{self.prefix}accounts"
+
+    def auth_failures_nick(self, folded_nick: str) -> str:
+        return f"{self.prefix}auth:fail:nick:{folded_nick}"
+
+    def auth_failures_address(self, address: str) -> str:
+        return f"{self.prefix}auth:fail:ip:{address}"
+
+    def registrations_address(self, address: str) -> str:
+        return f"{self.prefix}auth:reg:ip:{address}"
 
     # -- channels -----------------------------------------------------------
     def room_channel(self, room: str) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from services.common.bus import RoomLimitReached
 from services.common.redis import RedisError
 from services.gateway import protocol as p
+from services.gateway.accounts import AUTH_COST, Check, Checked, locked_line_text, password_problem
 from services.gateway.interfaces import Caller, Chat
 
 Handler = Callable[[Caller, str], Awaitable[str | None]]
@@ -38,6 +39,10 @@ COMMAND_COSTS: dict[str, float] = {
     "join": 3.0,  # a script, an announcement, and a history replay (CHAT_HISTORY_SIZE lines)
     "who": 3.0,  # reads up to LIST_LIMIT names
     "rooms": 3.0,
+    # argon2 hashing (~60 ms of a worker thread) and a Redis script each
+    "register": AUTH_COST,
+    "identify": AUTH_COST,
+    "password": AUTH_COST,
 }
 
 # /who and /rooms show at most this many names, and their one reply line stays
@@ -66,6 +71,8 @@ def listing(head: str, total: int, items: list[str], max_bytes: int) -> bytes:
     tail = f" and {more} more" if more > 0 else ""
     return p.info(f"{head}: {', '.join(shown)}{tail}")
 
+LOST = p.error("your nickname is being re-registered after a Redis fault; try again shortly")
+
 
 
 class Commands:
@@ -83,6 +90,9 @@ class Commands:
             "msg": self.msg,
             "nick": self.nick,
             "me": self.me,
+            "register": self.register,
+            "identify": self.identify,
+            "password": self.password,
         }
 
     def reply_budget(self) -> int:
@@ -212,13 +222,125 @@ class Commands:
         outcome = await self.chat.rename(caller, new)
         if outcome == "taken":
             caller.deliver(p.error(f'nickname "{new}" is taken, choose another'))
-        elif outcome == "lost":
+        elif outcome == "registered":
             caller.deliver(p.error(
-                "your nickname is being re-registered after a Redis fault; try again shortly"
+                f'nickname "{new}" is registered; if it is yours: /identify {new} PASSWORD'
             ))
+        elif outcome == "lost":
+            caller.deliver(LOST)
         else:
             caller.deliver(p.info(f"you are now {new}"))
         return None
+
+    # -- accounts: passwords are never logged, echoed, or kept past these calls -------
+    async def register(self, caller: Caller, arg: str) -> str | None:
+        password = arg.strip()
+        if not password:
+            caller.deliver(p.error("usage: /register PASSWORD"))
+            return None
+        problem = password_problem(password, self.chat.settings)
+        if problem:
+            caller.deliver(p.error(f"{problem}; your nickname was not registered"))
+            return None
+        assert caller.nick is not None
+        if not self.chat.available:
+            # An account lives only in Redis: nothing to keep it in meanwhile.
+            caller.deliver(p.UNAVAILABLE)
+            return None
+        outcome, retry_s = await self.chat.register_account(caller, password, caller.address)
+        if outcome == "limited":
+            caller.deliver(p.error(
+                f"too many nicknames registered from your address; try again in "
+                f"{max(1, int(retry_s + 0.999))}s"
+            ))
+        elif outcome == "already":
+            caller.deliver(p.error(f"{caller.nick} is registered already; /password OLD NEW changes "
+                                   "its password"))
+        elif outcome == "lost":
+            caller.deliver(LOST)
+        else:
+            caller.log.info("account.registered")
+            caller.deliver(p.info(
+                f"{caller.nick} is registered to you; from now on log in with: {caller.nick} PASSWORD "
+                f"at the nickname prompt, or /identify {caller.nick} PASSWORD"
+            ))
+        return None
+
+    async def identify(self, caller: Caller, arg: str) -> str | None:
+        words = arg.split()
+        if len(words) not in (1, 2):
+            caller.deliver(p.error("usage: /identify [NICK] PASSWORD"))
+            return None
+        assert caller.nick is not None and caller.folded is not None
+        nick, password = (caller.nick, words[0]) if len(words) == 1 else (words[0], words[1])
+        problem = p.validate_nick(nick)
+        if problem:
+            caller.deliver(p.error(f"invalid nickname: {problem}"))
+            return None
+        folded = p.fold_nick(nick)
+        if folded == caller.folded and caller.account_hash is not None:
+            caller.deliver(p.info(f"you are identified as {caller.nick} already"))
+            return None
+        checked = await self.chat.check_password(folded, caller.address, password)
+        if not self._checked(caller, checked, nick):
+            return None
+        if folded == caller.folded:
+            caller.account_hash = checked.password_hash
+            caller.log.info("account.identified")
+            caller.deliver(p.info(f"you are identified as {caller.nick}"))
+            return None
+        outcome = await self.chat.rename(caller, nick, checked.password_hash)
+        if outcome == "renamed":
+            caller.log.info("account.identified")
+            caller.deliver(p.info(f"you are identified; you are now {nick}"))
+        elif outcome == "taken":
+            caller.deliver(p.error(f"{nick} is online in another session; /quit that one first"))
+        elif outcome == "registered":  # its password changed while we checked
+            caller.deliver(p.error(f"wrong password for {nick}"))
+        else:
+            caller.deliver(LOST)
+        return None
+
+    async def password(self, caller: Caller, arg: str) -> str | None:
+        words = arg.split()
+        if len(words) != 2:
+            caller.deliver(p.error("usage: /password OLD NEW"))
+            return None
+        old, new = words
+        assert caller.nick is not None and caller.folded is not None
+        if caller.account_hash is None:
+            caller.deliver(p.error(
+                f"{caller.nick} is not registered to you; /register PASSWORD first"
+            ))
+            return None
+        problem = password_problem(new, self.chat.settings)
+        if problem:
+            caller.deliver(p.error(f"{problem}; your password was not changed"))
+            return None
+        checked = await self.chat.check_password(caller.folded, caller.address, old)
+        if not self._checked(caller, checked, caller.nick):
+            return None
+        if not await self.chat.change_password(caller, checked.password_hash, new):
+            caller.deliver(p.error("your password was changed or your account dropped meanwhile; "
+                                   "it was not changed"))
+            return None
+        caller.log.info("account.password_changed")
+        caller.deliver(p.info("your password is changed"))
+        return None
+
+    @staticmethod
+    def _checked(caller: Caller, checked: Checked, nick: str) -> bool:
+        """Whether a password check passed; if not, the caller is told why."""
+        if checked.outcome is Check.OK:
+            return True
+        caller.log.info("account.identify_failed", account=nick, reason=checked.outcome.value)
+        if checked.outcome is Check.NOT_REGISTERED:
+            caller.deliver(p.error(f"{nick} is not registered"))
+        elif checked.outcome is Check.LOCKED:
+            caller.deliver(p.error(locked_line_text(checked, nick)))
+        else:
+            caller.deliver(p.error(f"wrong password for {nick}"))
+        return False
 
     async def me(self, caller: Caller, arg: str) -> str | None:
         if not arg:

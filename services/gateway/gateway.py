@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 import trio
 
-from services.common.bus import Bus, PublishUncertain, Resolution
+from services.common.bus import Bus, ClaimResult, PublishUncertain, RegisterResult, Resolution
 from services.common.bus.codec import (
     BroadcastMessage,
     Canary,
@@ -45,6 +45,7 @@ from services.common.keys import Keys, incarnation_id
 from services.common.metrics import Metrics
 from services.common.redis import RedisClient, RedisError, RedisUnavailable, Subscriber
 from services.gateway import protocol as p
+from services.gateway.accounts import Accounts, Checked
 from services.gateway.commands import Commands
 from services.gateway.interfaces import Member
 from services.gateway.membership import Membership
@@ -97,6 +98,7 @@ class Gateway:
         self.rooms = Rooms(settings, self.keys, self.bus, self.subscriber, self.metrics,
                            spawn=self.spawn, saw_own=self.outcomes.saw,
                            incarnation=self.incarnation)
+        self.accounts = Accounts(settings, self.bus)
         self.commands = Commands(self)
         self.membership = Membership(
             settings, self.keys, self.bus, self.redis, self.subscriber, self.metrics,
@@ -251,11 +253,40 @@ class Gateway:
     def count_message_in(self) -> None:
         self.metrics.messages_in_total.inc()
 
-    async def claim_nick(self, member: Member, folded: str, nick: str) -> bool:
-        return await self.nicknames.claim(member, folded, nick)
+    async def claim_nick(
+        self, member: Member, folded: str, nick: str, proven_hash: str = ""
+    ) -> ClaimResult:
+        return await self.nicknames.claim(member, folded, nick, proven_hash)
 
-    async def rename(self, member: Member, new: str) -> str:
-        return await self.nicknames.rename(member, new)
+    async def rename(self, member: Member, new: str, proven_hash: str = "") -> str:
+        return await self.nicknames.rename(member, new, proven_hash)
+
+    async def check_password(self, folded: str, address: str, password: str) -> Checked:
+        return await self.accounts.check(folded, address, password)
+
+    async def register_account(
+        self, member: Member, password: str, address: str
+    ) -> tuple[str, float]:
+        assert member.folded is not None and member.nick is not None
+        result, password_hash, retry_s = await self.accounts.register(
+            member.folded, member.nick, password, address
+        )
+        if result is RegisterResult.REGISTERED:
+            member.account_hash = password_hash
+        return {
+            RegisterResult.REGISTERED: "registered",
+            RegisterResult.ALREADY_REGISTERED: "already",
+            RegisterResult.NOT_OURS: "lost",
+            RegisterResult.ADDRESS_LIMITED: "limited",
+        }[result], retry_s
+
+    async def change_password(self, member: Member, old_hash: str, new_password: str) -> bool:
+        assert member.folded is not None
+        new_hash = await self.accounts.change(member.folded, old_hash, new_password)
+        if new_hash is None:
+            return False
+        member.account_hash = new_hash
+        return True
 
     async def forget(self, member: Member, reason: str = "") -> None:
         await self.rooms.leave_all(member)

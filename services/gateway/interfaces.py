@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from services.common.bus import PublishUncertain, Resolution
+from services.common.bus import ClaimResult, PublishUncertain, Resolution
 from services.common.config import Settings
+from services.gateway.accounts import Checked
 from services.gateway.writer import Writer
 
 
@@ -26,6 +27,9 @@ class Member(Protocol):
 
     nick: str | None
     folded: str | None
+    # The account hash this client proved (or set) for its nickname; ``None`` when
+    # its nickname is not registered.  Never the password.
+    account_hash: str | None
     writer: Writer
 
     @property
@@ -73,12 +77,33 @@ class Chat(Protocol):
     def count_message_in(self) -> None: ...
 
     # nicknames
-    async def claim_nick(self, member: Member, folded: str, nick: str) -> bool:
-        """Claim ``nick`` across the cluster for ``member``; ``False`` when taken."""
+    async def claim_nick(
+        self, member: Member, folded: str, nick: str, proven_hash: str = ""
+    ) -> ClaimResult:
+        """Claim ``nick`` across the cluster for ``member``: true when claimed,
+        else ``TAKEN`` or ``REGISTERED`` (an account whose hash is not
+        ``proven_hash``, the one the client proved its password against)."""
 
-    async def rename(self, member: Member, new: str) -> str:
-        """``"renamed"``, ``"taken"`` or ``"lost"`` (this gateway no longer owns the
-        old nickname)."""
+    async def rename(self, member: Member, new: str, proven_hash: str = "") -> str:
+        """``"renamed"``, ``"taken"``, ``"registered"`` (see :meth:`claim_nick`) or
+        ``"lost"`` (this gateway no longer owns the old nickname)."""
+
+    # accounts
+    async def check_password(self, folded: str, address: str, password: str) -> Checked:
+        """Check an account's password; wrong ones are counted against the account
+        and ``address`` across the cluster."""
+
+    async def register_account(
+        self, member: Member, password: str, address: str
+    ) -> tuple[str, float]:
+        """Register ``member``'s nickname: ``"registered"``, ``"already"`` (it is an
+        account already), ``"lost"`` (``member`` no longer holds it) or
+        ``"limited"`` (``address`` registered its share: the float says for how
+        many more seconds)."""
+
+    async def change_password(self, member: Member, old_hash: str, new_password: str) -> bool:
+        """Replace ``member``'s account password; ``False`` when the account is
+        gone or was changed meanwhile."""
 
     async def forget(self, member: Member, reason: str = "") -> None:
         """Remove a leaving member everywhere: local rooms, its nickname, its
@@ -140,6 +165,10 @@ class Caller(Member, Protocol):
 
     def created_room(self) -> None:
         """Count a room the client created."""
+
+    @property
+    def address(self) -> str:
+        """The client's address (the PROXY header's when trusted), without port."""
 
     async def say(self, kind: str, text: str) -> None:
         """Publish a chat line or action in the current room."""

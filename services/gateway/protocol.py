@@ -206,6 +206,11 @@ NOT_CONFIRMED = error(
 
 NICK_PROMPT = prompt("Choose a nickname:")
 
+
+def password_prompt(nick: str) -> bytes:
+    """Asked after a registered nickname was chosen alone at the nickname prompt."""
+    return prompt(f"{nick} is registered; enter its password (or /back to choose another nickname):")
+
 REJECT_MESSAGES = {
     REJECT_TOO_LONG: "line too long (max {max} bytes); it was not sent",
     REJECT_BAD_UTF8: "line is not valid UTF-8; it was not sent",
@@ -227,9 +232,14 @@ HELP_LINES = (
     "  /msg NICK TEXT      a private message                      e.g. /msg bob hi",
     "  /me ACTION          an action in the current room          e.g. /me waves",
     "  /nick NEW           change your nickname                   e.g. /nick alice2",
+    "  /register PASSWORD  make your nickname yours (an account)  e.g. /register s3cret-pw",
+    "  /identify [NICK] PASSWORD",
+    "                      log in to a registered nickname        e.g. /identify alice s3cret-pw",
+    "  /password OLD NEW   change your account's password         e.g. /password s3cret-pw n3w-pw",
     "  /quit [reason]      leave the chat                         e.g. /quit bye all",
     "plain lines go to your current room (the one you joined last);",
-    "start a line with // to send one that begins with /",
+    "start a line with // to send one that begins with /;",
+    "a registered nickname logs in at the nickname prompt with: NICK PASSWORD",
 )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import structlog
 import trio
 
-from services.common.bus import Bus
+from services.common.bus import Bus, ClaimResult, RenameResult
 from services.common.config import Settings
 from services.common.metrics import Metrics
 from services.common.redis import RedisError, RedisUnavailable
@@ -51,14 +51,19 @@ class Nicknames:
     def __len__(self) -> int:
         return len(self.by_nick)
 
-    async def claim(self, member: Member, folded: str, nick: str) -> bool:
-        """Claim a nickname for ``member`` across the cluster.  Raises RedisError."""
+    async def claim(
+        self, member: Member, folded: str, nick: str, proven_hash: str = ""
+    ) -> ClaimResult:
+        """Claim a nickname for ``member`` across the cluster: true when claimed;
+        ``TAKEN``, or ``REGISTERED`` (an account whose hash is not ``proven_hash``;
+        checked in the same atomic step as the claim).  Raises RedisError."""
         if folded in self.by_nick or folded in self.claiming:
-            return False
+            return ClaimResult.TAKEN
         self.claiming.add(folded)
         try:
-            if not await self.bus.claim_nick(folded, nick):
-                return False
+            result = await self.bus.claim_nick(folded, nick, proven_hash)
+            if not result:
+                return result
         except RedisUnavailable:
             # The claim may still reach Redis after we gave up on it: release it
             # later unless this gateway meanwhile gave the name to someone.
@@ -67,9 +72,10 @@ class Nicknames:
         finally:
             self.claiming.discard(folded)
         member.nick, member.folded = nick, folded
+        member.account_hash = proven_hash or None
         self.by_nick[folded] = member
         self.metrics.joins_total.inc()
-        return True
+        return result
 
     async def _release_orphan(self, folded: str, nick: str) -> None:
         for _ in range(10):
@@ -91,8 +97,9 @@ class Nicknames:
             del self.by_nick[member.folded]
         await self.bus.release_nick(member.folded, member.nick, reason)
 
-    async def rename(self, member: Member, new: str) -> str:
-        """``"renamed"`` (announced in each of the member's rooms), ``"taken"``, or
+    async def rename(self, member: Member, new: str, proven_hash: str = "") -> str:
+        """``"renamed"`` (announced in each of the member's rooms), ``"taken"``,
+        ``"registered"`` (an account whose hash is not ``proven_hash``), or
         ``"lost"`` when Redis no longer records the old nickname as this gateway's
         (it is being re-asserted).  Raises RedisError."""
         assert member.nick is not None and member.folded is not None
@@ -104,16 +111,22 @@ class Nicknames:
         self.claiming.add(new_folded)
         self.renaming.add(member.folded)
         try:
-            result = await self.bus.rename_nick(member.folded, member.nick, new_folded, new)
+            result = await self.bus.rename_nick(
+                member.folded, member.nick, new_folded, new, proven_hash
+            )
         finally:
             self.claiming.discard(new_folded)
             self.renaming.discard(member.folded)
-        if result == -1:
+        if result is RenameResult.NOT_OURS:
             return "lost"
-        if result != 1:
+        if result is RenameResult.REGISTERED:
+            return "registered"
+        if result is not RenameResult.RENAMED:
             return "taken"
         # Renamed and announced in each room by the same script.
         del self.by_nick[member.folded]
+        if new_folded != member.folded:
+            member.account_hash = proven_hash or None
         member.nick, member.folded = new, new_folded
         self.by_nick[new_folded] = member
         member.rebind()
@@ -142,7 +155,7 @@ class Nicknames:
             if not self._holds(folded, member):
                 continue
             assert member.nick is not None
-            claimed = await self.bus.claim_nick(folded, member.nick)
+            claimed = await self.bus.claim_nick(folded, member.nick, member.account_hash or "")
             if not claimed:
                 if self._holds(folded, member):
                     await self._resolve_conflict(member)
@@ -174,6 +187,7 @@ class Nicknames:
                 continue
             if await self.bus.claim_nick(folded, new):
                 member.nick, member.folded = new, folded
+                member.account_hash = None
                 member.rebind()
                 self.by_nick[folded] = member
                 for name in member.rooms:

@@ -19,9 +19,10 @@ from typing import Any
 import structlog
 import trio
 
-from services.common.bus import PublishUncertain, Resolution
+from services.common.bus import ClaimResult, PublishUncertain, Resolution
 from services.common.redis import RedisError, RedisUnavailable
 from services.gateway import protocol as p
+from services.gateway.accounts import AUTH_COST, Check, locked_line_text
 from services.gateway.commands import (
     BAD_LINE_COST,
     CHAT_COST,
@@ -65,6 +66,8 @@ class Session:
     __slots__ = (
         "_rooms",
         "_task",
+        "account_hash",
+        "awaiting_password",
         "chat",
         "close_reason",
         "commands",
@@ -95,6 +98,9 @@ class Session:
         self.conn_id = f"c{next(_conn_ids)}"
         self.nick: str | None = None
         self.folded: str | None = None
+        self.account_hash: str | None = None
+        # A registered nickname chosen at the prompt, whose password comes next.
+        self.awaiting_password: str | None = None
         self._rooms: list[str] = []  # joined rooms; the last one is the current room
         self.writer = Writer(
             stream, self.settings.outbox_bytes, on_overflow=self._overflowed,
@@ -126,6 +132,11 @@ class Session:
     def left(self, room: str) -> None:
         if room in self._rooms:
             self._rooms.remove(room)
+
+    @property
+    def address(self) -> str:
+        """The client's address without the port (the PROXY header's when trusted)."""
+        return self.peer.rsplit(":", 1)[0].strip("[]") if ":" in self.peer else self.peer
 
     def spend(self, cost: float = 1.0) -> bool:
         """Take ``cost`` from the flood budget.  ``False`` when it is spent: the line
@@ -334,6 +345,7 @@ class Session:
     async def _choose_nick(self, text: str) -> str | None:
         command = p.parse_command(text)
         if command is not None:
+            self.awaiting_password = None  # a command at the password prompt goes back
             if command.name == "quit":
                 return "quit"
             if not self.spend(command_cost(command.name)):
@@ -341,35 +353,58 @@ class Session:
             if command.name == "help":
                 for line in p.HELP_LINES:
                     self.deliver(p.info(line))
-            else:
+            elif command.name != "back":
                 self.deliver(p.error("choose a nickname first"))
             self.deliver(p.NICK_PROMPT)
             return None
-        nick = text
         if not self.spend(NICK_ATTEMPT_COST):
             return None
-        problem = p.validate_nick(nick)
-        if problem:
-            self.log.info("nick.rejected", attempted=nick[:64], reason="invalid")
-            self.deliver(p.error(f"invalid nickname: {problem}"))
-            self.deliver(p.NICK_PROMPT)
-            return None
+        if self.awaiting_password is not None:
+            # The line answers "?? NICK is registered; enter its password".
+            nick, password = self.awaiting_password, text
+            self.awaiting_password = None
+        else:
+            # "alice" or "alice PASSWORD"; only the nickname part is ever logged.
+            nick, _, password = text.partition(" ")
+            password = password.strip()
+            problem = p.validate_nick(nick)
+            if problem:
+                self.log.info("nick.rejected", attempted=nick[:64], reason="invalid")
+                self.deliver(p.error(f"invalid nickname: {problem}"))
+                self.deliver(p.NICK_PROMPT)
+                return None
         folded = p.fold_nick(nick)
         try:
-            claimed = await self.chat.claim_nick(self, folded, nick)
+            proven = ""
+            if password:
+                proven = await self._prove(folded, nick, password)
+                if not proven:
+                    self.deliver(p.NICK_PROMPT)
+                    return None
+            claimed = await self.chat.claim_nick(self, folded, nick, proven)
         except RedisError as exc:
             self.log.warning("nick.unavailable", attempted=nick, error=str(exc))
             self._not_counted()
             self.deliver(p.UNAVAILABLE)
             self.deliver(p.NICK_PROMPT)
             return None
+        if claimed is ClaimResult.REGISTERED and not password:
+            self.log.info("nick.rejected", attempted=nick, reason="registered")
+            self.awaiting_password = nick
+            self.deliver(p.password_prompt(nick))
+            return None
         if not claimed:
             self.log.info("nick.rejected", attempted=nick, reason="taken")
-            self.deliver(p.error(f'nickname "{nick}" is taken, choose another'))
+            if claimed is ClaimResult.REGISTERED:  # its password changed while we checked
+                self.deliver(p.error(f"wrong password for {nick}"))
+            else:
+                self.deliver(p.error(f'nickname "{nick}" is taken, choose another'))
             self.deliver(p.NICK_PROMPT)
             return None
         self.rebind()
         self.log.info("client.joined")
+        if proven:
+            self.log.info("account.identified")
         room = self.settings.default_room
         welcome = p.info(f"welcome, {nick}! You are in {room}. Type /help for commands.")
         try:
@@ -395,6 +430,27 @@ class Session:
         # fault: it does not count towards max_lines_before_nick (the nickname
         # timeout still bounds a client waiting out an outage).
         self.lines_before_nick -= 1
+
+    async def _prove(self, folded: str, nick: str, password: str) -> str:
+        """Check a password given at the nickname prompt: the account hash it
+        matched, or ``""`` with the client told why not.  Raises RedisError."""
+        # The line already paid NICK_ATTEMPT_COST: a login costs AUTH_COST in all.
+        if not self.spend(AUTH_COST - NICK_ATTEMPT_COST):
+            return ""
+        checked = await self.chat.check_password(folded, self.address, password)
+        if checked.outcome is Check.OK:
+            return checked.password_hash
+        self.log.info("account.identify_failed", account=nick, reason=checked.outcome.value)
+        if checked.outcome is Check.NOT_REGISTERED:
+            self.deliver(p.error(
+                f'{nick} is not registered (a nickname is one word; "NICK PASSWORD" '
+                "logs in to a registered one)"
+            ))
+        elif checked.outcome is Check.LOCKED:
+            self.deliver(p.error(locked_line_text(checked, nick)))
+        else:
+            self.deliver(p.error(f"wrong password for {nick}"))
+        return ""
 
     async def _finish(self, ended_by: str) -> None:
         """Leave every room, release the nickname, say goodbye, close.  Bounded."""

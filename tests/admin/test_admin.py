@@ -162,6 +162,41 @@ def test_announce_reaches_clients_on_every_gateway(
         assert "control characters" in err
 
 
+def test_accounts_lists_and_drop_account_frees_a_nickname(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    password = "admin-test-password"
+    with ExitStack() as stack:
+        assert cluster.admin(capsys, "accounts")[1].strip() == "no nickname is registered"
+        for gw, nick in (("adm1", "Alice"), ("adm2", "bob")):
+            client = cluster.client(gw, nick, stack)
+            client.send_line(f"/register {password}")
+            client.read_until(lambda text, n=nick: text.startswith(f"== {n} is registered"), 10)
+        carol = cluster.client("adm2", "carol", stack)
+        carol.send_line("/quit")
+        assert carol.wait_closed(10)
+
+        listed = cluster.admin_json(capsys, "accounts")
+        assert listed["count"] == 2
+        assert {(a["nick"], a["online"]) for a in listed["accounts"]} == {("Alice", True), ("bob", True)}
+        code, out, _ = cluster.admin(capsys, "accounts")
+        assert out.splitlines()[0].split() == ["NICK", "ONLINE", "REGISTERED"]
+        assert "2 account(s), 2 online" in out and password not in out and "argon2" not in out
+
+        code, out, err = cluster.admin(capsys, "drop-account", "ALICE")
+        assert code == 0, err
+        assert out.strip().startswith("dropped the account Alice (still online")
+        assert [a["nick"] for a in cluster.admin_json(capsys, "accounts")["accounts"]] == ["bob"]
+        code, _, err = cluster.admin(capsys, "drop-account", "alice")
+        assert code == 1 and "no such account: alice" in err
+
+        # Once Alice leaves, anyone may take the freed nickname, with no password.
+        code, _, _ = cluster.admin(capsys, "kick", "alice", "account dropped")
+        assert code == 0
+        wait_until(lambda: cluster.admin_json(capsys, "who")["count"] == 1, 10, "Alice gone")
+        cluster.client("adm2", "alice", stack)
+
+
 def test_entry_point_runs_as_a_module(cluster: Cluster) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
     env.update(CHAT_REDIS_URL=cluster.redis_url, CHAT_KEY_PREFIX=PREFIX)

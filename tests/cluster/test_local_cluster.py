@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,30 @@ def test_console_format_prefixes_lines() -> None:
         assert proc.wait(timeout_s=30) == 0
         proc.close()
         assert any(line.startswith("cluster |") and "cluster.stopped" in line for line in proc.lines)
+
+
+def test_data_dir_keeps_accounts_across_cluster_restarts(tmp_path: Path) -> None:
+    """``scripts/run --data DIR``: Redis keeps its AOF in DIR; a registered nickname
+    is still registered after the whole cluster stopped and started again."""
+    data = tmp_path / "redis-data"
+    password = "kept-across-runs"
+    for run in (1, 2):
+        ports = free_ports(8)
+        argv = cluster_argv(ports, "--no-haproxy", "--data", str(data))
+        with Process("cluster", argv, env=cluster_env(), cwd=REPO) as proc:
+            ready = proc.wait_for_record(lambda r: r.get("event") == "cluster.ready", 60, "ready")
+            assert ready["redis"]["data"] == str(data)
+            with connect_client(ports[1]) as client:
+                if run == 1:
+                    client.login("alice")
+                    client.send_line(f"/register {password}")
+                    client.read_until(lambda line: line.startswith("== alice is registered"), 10)
+                else:
+                    client.send_line("alice")
+                    client.read_until(lambda line: line.startswith("?? alice is registered"), 10)
+                    client.send_line("not-the-password")
+                    client.read_until(lambda line: line == "!! wrong password for alice", 10)
+                    client.send_line(f"alice {password}")
+                    client.read_until(lambda line: line.startswith("== welcome, alice!"), 10)
+            stop_and_check_gone(proc, ready["pids"], signal.SIGTERM)
+    assert any(data.rglob("*.aof"))

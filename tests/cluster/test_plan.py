@@ -83,3 +83,13 @@ def test_haproxy_environment(tmp_path: Path) -> None:
     env = plan.haproxy_env({"LB_OLD": "x", "PATH": "/bin"}, tmp_path / "s.sock")
     assert env == {"PATH": "/bin", "LB_BIND": "0.0.0.0:7000", "LB_STATS_SOCKET": str(tmp_path / "s.sock")}
     assert (plan.probe_host, plan.shown_host) == ("127.0.0.1", "localhost")
+
+
+def test_data_dir_is_for_the_owned_redis_only(tmp_path: Path) -> None:
+    assert plan_for("--data", str(tmp_path / "new")).redis_data == (tmp_path / "new").resolve()
+    assert plan_for().redis_data is None
+    with pytest.raises(ClusterError, match="external CHAT_REDIS_URL"):
+        plan_for("--data", str(tmp_path), env={"CHAT_REDIS_URL": "redis://127.0.0.1:1/0"})
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ClusterError, match="not a directory"):
+        plan_for("--data", str(tmp_path / "file"))

@@ -62,8 +62,9 @@ async def test_invalid_nickname_gets_error_and_new_prompt(start_gateway: StartGa
     await client.expect(r"^!! invalid nickname: .*digit")
     await client.send("x" * 40)
     await client.expect(r"^!! invalid nickname: .*32")
-    await client.send("has space")
-    await client.expect(r"^!! invalid nickname")
+    await client.send("has space")  # "NICK PASSWORD" logs in to a registered nickname
+    await client.expect(r"^!! has is not registered \(a nickname is one word")
+    await client.expect(r"^\?\? Choose a nickname:")
     await client.send("fine")
     await client.expect(r"^== welcome, fine!")
     await client.aclose()

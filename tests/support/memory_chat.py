@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from services.common.bus import PublishUncertain, Resolution, RoomLimitReached
+from services.common.bus import ClaimResult, PublishUncertain, Resolution, RoomLimitReached
 from services.common.config import HostPort, Settings
 from services.gateway import protocol as p
 from services.gateway.interfaces import Member
@@ -52,14 +52,16 @@ class MemoryChat:
     def count_message_in(self) -> None:
         pass
 
-    async def claim_nick(self, member: Member, folded: str, nick: str) -> bool:
+    async def claim_nick(
+        self, member: Member, folded: str, nick: str, proven_hash: str = ""
+    ) -> ClaimResult:
         if folded in self.nicks or folded in self.reserved:
-            return False
+            return ClaimResult.TAKEN
         self.nicks[folded] = member
         member.nick, member.folded = nick, folded
-        return True
+        return ClaimResult.CLAIMED
 
-    async def rename(self, member: Member, new: str) -> str:
+    async def rename(self, member: Member, new: str, proven_hash: str = "") -> str:
         if self.rename_outcome is not None:
             return self.rename_outcome
         folded = p.fold_nick(new)

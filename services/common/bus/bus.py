@@ -47,19 +47,42 @@ SCAN_ROUNDS = 4
 
 
 class ClaimResult(enum.IntEnum):
-    """What :meth:`Bus.claim_nick` did (false only when the nickname is taken)."""
+    """What :meth:`Bus.claim_nick` did: true when the gateway holds the nickname
+    now, false when it is taken or registered to someone who did not prove it."""
 
+    REGISTERED = -1  # an account, and the claimant did not prove its password
     TAKEN = 0  # someone else holds it
     ALREADY_OURS = 1  # this gateway already held it under the same display nick
     CLAIMED = 2  # newly claimed
+
+    def __bool__(self) -> bool:
+        return self > 0
 
 
 class RenameResult(enum.IntEnum):
     """What :meth:`Bus.rename_nick` did."""
 
+    REGISTERED = -2  # the new nickname is an account the caller did not identify for
     NOT_OURS = -1  # this gateway no longer holds the old nickname
     TAKEN = 0  # the new nickname is someone else's
     RENAMED = 1
+
+
+class RegisterResult(enum.IntEnum):
+    """What :meth:`Bus.register` did."""
+
+    ADDRESS_LIMITED = -2  # the caller's address registered its share for now
+    NOT_OURS = -1  # the caller no longer holds the nickname
+    ALREADY_REGISTERED = 0
+    REGISTERED = 1
+
+
+class AuthLock(enum.IntEnum):
+    """Why :meth:`Bus.auth_attempt` refused an attempt (``NONE``: it may go on)."""
+
+    NONE = 0
+    ACCOUNT = 1  # too many failures on this account
+    ADDRESS = 2  # too many failures from this address
 
 
 class PublishUncertain(RedisUnavailable):
@@ -112,6 +135,10 @@ class Bus:
     _leave = Script("leave_room")
     _reap = Script("reap")
     _resolve = Script("resolve")
+    _register = Script("register")
+    _set_password = Script("set_password")
+    _auth_attempt = Script("auth_attempt")
+    _auth_undo = Script("auth_undo")
 
     def __init__(self, redis: RedisClient, keys: Keys, gateway_id: str) -> None:
         self.redis = redis
@@ -138,13 +165,15 @@ class Bus:
         return self.clock_offset_s
 
     # -- nicknames ----------------------------------------------------------------
-    async def claim_nick(self, folded: str, nick: str) -> ClaimResult:
-        """Claim ``nick`` for this gateway (false when someone else holds it)."""
+    async def claim_nick(self, folded: str, nick: str, proven_hash: str = "") -> ClaimResult:
+        """Claim ``nick`` for this gateway (false when someone else holds it, or it
+        is registered and ``proven_hash``, the account hash the claimant proved its
+        password against, is not the account's)."""
         k = self.keys
         reply = await self._claim(
             self.redis,
-            [k.nicks, k.gateway_nicks(self.gateway_id)],
-            [folded, owner_record(self.gateway_id, nick)],
+            [k.nicks, k.gateway_nicks(self.gateway_id), k.account(folded)],
+            [folded, owner_record(self.gateway_id, nick), proven_hash],
         )
         return ClaimResult(int(reply))
 
@@ -170,23 +199,75 @@ class Bus:
         return {m.decode() for m in members}
 
     async def rename_nick(
-        self, old_folded: str, old: str, new_folded: str, new: str
+        self, old_folded: str, old: str, new_folded: str, new: str, proven_hash: str = ""
     ) -> RenameResult:
         """Rename this gateway's ``old`` to ``new`` (memberships follow) and announce
-        it in each of its rooms, in one step; or say why not."""
+        it in each of its rooms, in one step; or say why not.  A registered ``new``
+        needs ``proven_hash``: the account hash the caller proved its password
+        against."""
         k = self.keys
         body = encode_body("nick", old, new, self.gateway_id, self._next_id())
         reply = await self._rename(
             self.redis,
             [k.nicks, k.gateway_nicks(self.gateway_id), k.nick_rooms(old_folded),
-             k.nick_rooms(new_folded), k.epoch],
+             k.nick_rooms(new_folded), k.epoch, k.account(new_folded)],
             [
                 old_folded, owner_record(self.gateway_id, old),
                 new_folded, owner_record(self.gateway_id, new),
-                new, *k.room_patterns(), body, REPLAY_WINDOW,
+                new, *k.room_patterns(), body, REPLAY_WINDOW, proven_hash,
             ],
         )
         return RenameResult(int(reply))
+
+    # -- accounts -------------------------------------------------------------------
+    async def account_hash(self, folded: str) -> str | None:
+        """The password hash of the account ``folded``, or ``None`` when the nickname
+        is not registered."""
+        reply = await self.redis.execute("HGET", self.keys.account(folded), "hash")
+        return None if reply is None else reply.decode()
+
+    async def register(
+        self, folded: str, nick: str, password_hash: str, *, address: str, per_address: int,
+        window_s: float,
+    ) -> tuple[RegisterResult, float]:
+        """Register ``nick`` with ``password_hash``, only while this gateway holds it
+        and ``address`` has registered fewer than ``per_address`` accounts in the
+        window.  The result, and with ``ADDRESS_LIMITED`` the seconds to wait."""
+        k = self.keys
+        code, ms = await self._register(
+            self.redis,
+            [k.nicks, k.account(folded), k.accounts, k.registrations_address(address)],
+            [folded, owner_record(self.gateway_id, nick), password_hash, nick, int(time.time()),
+             per_address, max(1, int(window_s * 1000))],
+        )
+        return RegisterResult(int(code)), int(ms) / 1000
+
+    async def set_password(self, folded: str, old_hash: str, new_hash: str) -> bool:
+        """Replace the account's hash if it is still ``old_hash``."""
+        reply = await self._set_password(
+            self.redis, [self.keys.account(folded)], [old_hash, new_hash, int(time.time())]
+        )
+        return bool(reply)
+
+    async def auth_attempt(
+        self, folded: str, address: str, *, per_account: int, per_address: int, window_s: float
+    ) -> tuple[AuthLock, float]:
+        """Count a password attempt, or refuse it: ``(AuthLock.NONE, 0)`` when it may
+        go on, else what is locked and for how many more seconds."""
+        k = self.keys
+        code, ms = await self._auth_attempt(
+            self.redis,
+            [k.auth_failures_nick(folded), k.auth_failures_address(address)],
+            [per_account, per_address, max(1, int(window_s * 1000))],
+        )
+        return AuthLock(int(code)), int(ms) / 1000
+
+    async def auth_undo(self, folded: str, address: str) -> None:
+        """Take back an attempt whose password proved correct."""
+        k = self.keys
+        await self._auth_undo(
+            self.redis, [k.auth_failures_nick(folded), k.auth_failures_address(address)]
+        )
 
     async def nick_owner(self, folded: str) -> tuple[str, str] | None:
         """``(gateway_id, display nick)`` of an online nickname, or ``None``."""

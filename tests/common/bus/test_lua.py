@@ -40,7 +40,8 @@ def declared(header: str, table: str) -> set[int]:
 
 
 def test_every_script_is_run_by_the_bus_and_ships_with_the_package() -> None:
-    expected = ["claim", "join_room", "leave_room", "publish", "reap", "release", "rename", "resolve"]
+    expected = ["auth_attempt", "auth_undo", "claim", "join_room", "leave_room", "publish", "reap",
+                "register", "release", "rename", "resolve", "set_password"]
     assert script_names() == expected
     used = {v.name for v in vars(Bus).values() if isinstance(v, Script)}
     assert used == set(SCRIPTS)
@@ -89,10 +90,11 @@ async def test_a_flushed_script_cache_is_refilled_with_eval(
         await client.wait_connected()
         rc.script_flush()
         assert rc.script_exists(claim.sha) == [False]
-        args = ["ann", "g~1 Ann"]
-        assert await claim(client, [keys.nicks, keys.gateway_nicks("g~1")], args) == 2
+        args = ["ann", "g~1 Ann", ""]
+        claim_keys = [keys.nicks, keys.gateway_nicks("g~1"), keys.account("ann")]
+        assert await claim(client, claim_keys, args) == 2
         assert rc.script_exists(claim.sha) == [True]  # EVAL cached it for EVALSHA
-        assert await claim(client, [keys.nicks, keys.gateway_nicks("g~1")], args) == 1
+        assert await claim(client, claim_keys, args) == 1
         nursery.cancel_scope.cancel()
 
 
@@ -181,6 +183,11 @@ async def test_every_key_a_script_writes_was_passed_to_it(
     await g1.release_nick("alicia", "ALICIA", "bye")
     await g1.claim_nick("carl", "Carl")
     await g1.join_room("#c", "carl", "Carl")
+    await g1.register("carl", "Carl", "$argon2id$old", address="127.0.0.1", per_address=5,
+                      window_s=60)
+    await g1.set_password("carl", "$argon2id$old", "$argon2id$new")
+    await g1.auth_attempt("carl", "127.0.0.1", per_account=5, per_address=5, window_s=60)
+    await g1.auth_undo("carl", "127.0.0.1")
     await g1.heartbeat(0.05, {"pid": 1})
     await trio.sleep(0.1)
     assert await g2.reap("g1~a") == ["Carl"]

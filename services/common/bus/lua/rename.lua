@@ -7,6 +7,7 @@
 -- KEYS[3] the old nick's rooms  Keys.nick_rooms(old folded)
 -- KEYS[4] the new nick's rooms  Keys.nick_rooms(new folded) (= KEYS[3] for a case change)
 -- KEYS[5] epoch                 Keys.epoch
+-- KEYS[6] the new nick's account Keys.account(new folded)
 -- ARGV[1] old folded nick
 -- ARGV[2] old owner record      keys.owner_record(gateway, old display nick)
 -- ARGV[3] new folded nick
@@ -16,14 +17,18 @@
 --                               from them (the documented exception)
 -- ARGV[11] the announcement's JSON envelope (codec.encode_body, kind "nick")
 -- ARGV[12] log length kept      REPLAY_WINDOW
+-- ARGV[13] the password hash the caller proved for the new nick ('' for none)
 --
 -- Returns (RenameResult) 1 renamed, 0 the new nick is taken, -1 the old nick is
--- not (or no longer) this record's.
+-- not (or no longer) this record's, -2 the new nick is registered and ARGV[13]
+-- is not its current hash (checked in the same step as the claim).
 -- include: _rooms.lua
 
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return -1 end
 local rooms
 if ARGV[1] ~= ARGV[3] then
+  local registered = redis.call('HGET', KEYS[6], 'hash')
+  if registered and registered ~= ARGV[13] then return -2 end
   if redis.call('HSETNX', KEYS[1], ARGV[3], ARGV[4]) == 0 then return 0 end
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('SREM', KEYS[2], ARGV[1])
