@@ -84,17 +84,51 @@ def parse_optional_host_port(raw: str) -> HostPort | None:
     return parse_host_port(raw)
 
 
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s]*)@")
+
+
+def redact_url(raw: str) -> str:
+    """``raw`` with any password in it replaced by ``***`` (for error messages).
+
+    Everything before the last ``@`` of the authority is credentials; only a user
+    name before a ``:`` is kept.  A string that does not parse as a URL but has an
+    ``@`` loses everything before it: a password typed without the scheme must not
+    be echoed either.
+    """
+    match = _URL_USERINFO.match(raw.strip())
+    if match is None:
+        return "***@" + raw.rsplit("@", 1)[1] if "@" in raw else raw
+    userinfo = match["userinfo"]
+    rest = raw.strip()[match.end() :]
+    if "@" in rest:  # an unescaped "@" in the password: the last one ends it
+        more, rest = rest.rsplit("@", 1)
+        userinfo = f"{userinfo}@{more}"
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return f"{match['scheme']}{shown}@{rest}"
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``***``."""
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S*@\S*", lambda m: redact_url(m.group(0)), text)
+
+
 def parse_redis_url(raw: str) -> RedisURL:
-    parts = urlsplit(raw.strip())
+    """Parse a Redis URL.  The ``ValueError`` never carries the password."""
+    shown = redact_url(raw)
+    try:
+        parts = urlsplit(raw.strip())
+    except ValueError:
+        raise ValueError(f"not a URL: {shown!r}") from None
     if parts.scheme != "redis":
-        raise ValueError(f"expected redis://host:port/db, got {raw!r}")
+        raise ValueError(f"expected redis://host:port/db, got {shown!r}")
     try:
         port = parts.port or 6379
-    except ValueError as exc:
-        raise ValueError(f"bad port in {raw!r}") from exc
+    except ValueError:
+        raise ValueError(f"bad port in {shown!r}") from None
     path = parts.path.lstrip("/")
     if path and not path.isdigit():
-        raise ValueError(f"database must be a number in {raw!r}")
+        raise ValueError(f"database must be a number in {shown!r}")
     return RedisURL(
         host=parts.hostname or "127.0.0.1",
         port=port,
@@ -332,7 +366,8 @@ def flag_name(name: str) -> str:
 
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
-        raise ConfigError(message)
+        # argparse quotes the offending arguments, which may be a Redis URL.
+        raise ConfigError(redact_secrets(message))
 
 
 def build_parser(prog: str = "chat-gateway") -> argparse.ArgumentParser:
@@ -399,7 +434,9 @@ def given_settings(
         try:
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            raise ConfigError(f"invalid {source}: {exc}") from None
+            # Parsers never put a password in their message; redacting again
+            # covers a parser that quotes its input and a URL in another setting.
+            raise ConfigError(f"invalid {source}: {redact_secrets(str(exc))}") from None
     return values
 
 
