@@ -7,6 +7,7 @@ Nothing here touches a socket, so all of it is unit-tested with plain bytes.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 # Name rules live in services.common (configuration and the admin tool use them
@@ -42,6 +43,28 @@ REJECT_CONTROL = "control_chars"
 # C0 controls except TAB, DEL, and C1 controls.  ESC (\x1b) is in C0 and the
 # 8-bit CSI (\x9b) is in C1, so no terminal escape sequence gets through.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+# Control (Cc), format (Cf: bidirectional overrides and isolates, zero-width
+# characters, U+FEFF, the soft hyphen), line and paragraph separators (Zl, Zp)
+# and lone surrogates (Cs, which JSON can carry but UTF-8 cannot).
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def sanitize(text: str) -> str:
+    """``text`` with every invisible or bidirectional control character made
+    visible as ``<U+XXXX>`` (docs/PROTOCOL.md, "What you see").
+
+    Every line to a client goes through it (the formatting functions here call
+    it), whatever the text's origin: a client, another gateway, an operator or a
+    malformed bus message.  The result always encodes as UTF-8 and never holds a
+    line break, a terminal escape or a direction change.
+    """
+    if text.isprintable():  # the common case: nothing to do (a space is printable)
+        return text
+    return "".join(
+        f"<U+{ord(ch):04X}>" if unicodedata.category(ch) in _INVISIBLE_CATEGORIES else ch
+        for ch in text
+    )
 
 
 class LineFramer:
@@ -140,31 +163,31 @@ CRLF = "\r\n"
 
 
 def info(text: str) -> bytes:
-    return f"== {text}{CRLF}".encode()
+    return f"== {sanitize(text)}{CRLF}".encode()
 
 
 def prompt(text: str) -> bytes:
-    return f"?? {text}{CRLF}".encode()
+    return f"?? {sanitize(text)}{CRLF}".encode()
 
 
 def error(text: str) -> bytes:
-    return f"!! {text}{CRLF}".encode()
+    return f"!! {sanitize(text)}{CRLF}".encode()
 
 
 def chat_line(room: str, nick: str, text: str) -> bytes:
-    return f"{room} <{nick}> {text}{CRLF}".encode()
+    return f"{room} <{sanitize(nick)}> {sanitize(text)}{CRLF}".encode()
 
 
 def action_line(room: str, nick: str, text: str) -> bytes:
-    return f"{room} * {nick} {text}{CRLF}".encode()
+    return f"{room} * {sanitize(nick)} {sanitize(text)}{CRLF}".encode()
 
 
 def event_line(room: str, text: str) -> bytes:
-    return f"{room} -- {text}{CRLF}".encode()
+    return f"{room} -- {sanitize(text)}{CRLF}".encode()
 
 
 def private_line(recipient: str, sender: str, text: str) -> bytes:
-    return f"@{recipient} <{sender}> {text}{CRLF}".encode()
+    return f"@{sanitize(recipient)} <{sanitize(sender)}> {sanitize(text)}{CRLF}".encode()
 
 
 def publication_line(room: str, kind: str, nick: str, text: str, *, history: bool = False) -> bytes:
@@ -172,11 +195,11 @@ def publication_line(room: str, kind: str, nick: str, text: str, *, history: boo
     once per publication, the same bytes for all), or its history replay."""
     if kind == "msg":
         if history:
-            return f"{room} (history) <{nick}> {text}{CRLF}".encode()
+            return f"{room} (history) <{sanitize(nick)}> {sanitize(text)}{CRLF}".encode()
         return chat_line(room, nick, text)
     if kind == "act":
         if history:
-            return f"{room} (history) * {nick} {text}{CRLF}".encode()
+            return f"{room} (history) * {sanitize(nick)} {sanitize(text)}{CRLF}".encode()
         return action_line(room, nick, text)
     if kind == "join":
         return event_line(room, f"{nick} joined the chat!")
@@ -231,8 +254,3 @@ HELP_LINES = (
     "plain lines go to your current room (the one you joined last);",
     "start a line with // to send one that begins with /",
 )
-
-
-def sanitize(text: str) -> str:
-    """``text`` without control characters (for text from operators or Redis)."""
-    return _CONTROL.sub("", text)
