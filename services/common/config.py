@@ -138,6 +138,11 @@ def parse_redis_url(raw: str) -> RedisURL:
     )
 
 
+def parse_path(raw: str) -> str:
+    """A file path (checked when used: the gateway reads it at start)."""
+    return raw.strip()
+
+
 def parse_duration(raw: str) -> float:
     text = raw.strip().lower()
     if text in ("inf", "off", "none", "0"):
@@ -332,6 +337,27 @@ class Settings:
         "comma-separated networks allowed to send PROXY headers",
         metavar="CIDRS",
     )
+    # -- TLS for clients (issue 10) ---------------------------------------------------
+    tls_listen: HostPort | None = _setting(
+        "off",
+        parse_optional_host_port,
+        "TCP address for chat clients over TLS, the same protocol as --listen (off = none;"
+        " needs --tls-cert and --tls-key)",
+        metavar="HOST:PORT",
+    )
+    tls_cert: str = _setting(
+        "", parse_path, "PEM file with the TLS certificate chain, leaf first", metavar="PATH"
+    )
+    tls_key: str = _setting(
+        "", parse_path, "PEM file with the TLS certificate's private key (unencrypted)",
+        metavar="PATH",
+    )
+    tls_handshake_timeout_s: float = _setting(
+        "10",
+        parse_duration,
+        "a TLS client that has not finished its handshake in this time is closed",
+        metavar="SECONDS",
+    )
 
     def __post_init__(self) -> None:
         if self.gateway_id is None:
@@ -351,6 +377,13 @@ class Settings:
             raise ConfigError(f"CHAT_HISTORY_SIZE must be at most 500, got {self.history_size}")
         if self.flood_rate <= 0:
             raise ConfigError("flood_rate must be positive")
+        if self.tls_listen is not None and not (self.tls_cert and self.tls_key):
+            raise ConfigError("CHAT_TLS_LISTEN needs both CHAT_TLS_CERT and CHAT_TLS_KEY")
+        if not 0 < self.tls_handshake_timeout_s < math.inf:
+            raise ConfigError(
+                "CHAT_TLS_HANDSHAKE_TIMEOUT_S must be a positive, finite number of seconds, "
+                f"got {self.tls_handshake_timeout_s}"
+            )
 
 
 ENV_PREFIX = "CHAT_"

@@ -123,6 +123,10 @@ class Gateway:
         return self.server.ports
 
     @property
+    def tls_ports(self) -> list[int]:
+        return self.server.tls_ports
+
+    @property
     def sessions(self) -> set[Any]:
         return self.server.sessions
 
@@ -167,6 +171,7 @@ class Gateway:
                 incarnation=self.incarnation,
                 listen=str(self.settings.listen),
                 ports=ports,
+                tls_ports=self.server.tls_ports,
                 redis=str(self.settings.redis_url),
                 pid=os.getpid(),
                 max_clients=self.settings.max_clients,
@@ -182,7 +187,7 @@ class Gateway:
                 log.info("http.started", listen=f"{hp.host}:{self.http_port}")
             task_status.started(ports)
 
-    def _make_session(self, stream: trio.SocketStream, peer: str) -> Session:
+    def _make_session(self, stream: trio.abc.Stream, peer: str) -> Session:
         return Session(self, self.commands, stream, peer)
 
     async def drain(self) -> None:

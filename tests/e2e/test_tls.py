@@ -1,0 +1,211 @@
+"""TLS for clients, end to end, against a certificate each test makes (trustme).
+
+- A TLS client (Python's ``ssl`` through trio's ``SSLStream``) and a plain one
+  chat with each other through one gateway; ``openssl s_client`` does too when
+  installed.
+- A TLS client that never handshakes is closed after the handshake deadline, a
+  plain-text client on the TLS port is closed at once; both are logged and
+  counted, and neither disturbs anyone else.
+- Behind a PROXY-protocol proxy the header comes before the TLS bytes and the
+  session gets the header's address.
+- Bad TLS configuration is one line at start and exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trustme
+
+from services.common.config import HostPort
+from tests.conftest import StartGateway
+from tests.support.chat_client import ChatClient
+from tests.support.processes import REPO
+
+TLS_ANY_PORT = HostPort("127.0.0.1", 0)
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def cert_files(ca: trustme.CA, tmp_path: Path) -> tuple[str, str]:
+    """The server's certificate chain and key as PEM files (for localhost and 127.0.0.1)."""
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    return str(cert), str(key)
+
+
+@pytest.fixture
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+def failures(gw: object, reason: str) -> float:
+    counter = gw.metrics.tls_handshake_failures_total  # type: ignore[attr-defined]
+    return float(counter.labels(reason=reason)._value.get())
+
+
+async def test_tls_and_plain_clients_chat_together(
+    start_gateway: StartGateway, cert_files: tuple[str, str], client_context: ssl.SSLContext
+) -> None:
+    cert, key = cert_files
+    gw = await start_gateway(tls_listen=TLS_ANY_PORT, tls_cert=cert, tls_key=key)
+    assert gw.tls_ports and gw.tls_ports[0] != gw.ports[0]
+    secure = await ChatClient.join(gw.tls_ports[0], "secure", tls=client_context)
+    plain = await ChatClient.join(gw.ports[0], "plain")
+    await secure.send("over tls \u202e")
+    await plain.expect(r"^#lobby <secure> over tls <U\+202E>$")
+    await plain.send("in the clear")
+    await secure.expect(r"^#lobby <plain> in the clear$")
+    await plain.send("/msg secure psst")
+    await secure.expect(r"^@secure <plain> psst$")
+    # A line split across TLS records and an over-long line behave as in plain text.
+    await secure.send(b"split ")
+    await secure.send(b"line\r\n" + b"x" * 5000 + b"\n")
+    await plain.expect(r"^#lobby <secure> split line$")
+    await secure.expect(r"^!! line too long")
+    await secure.send("/quit bye")
+    lines = await secure.read_until_closed()
+    assert lines[-1] == "== bye"
+    await plain.expect(r"^#lobby -- secure left the chat! \(bye\)$")
+    await plain.aclose()
+
+
+async def test_a_silent_or_plain_text_client_on_the_tls_port_is_closed_and_counted(
+    start_gateway: StartGateway, cert_files: tuple[str, str], client_context: ssl.SSLContext
+) -> None:
+    cert, key = cert_files
+    gw = await start_gateway(tls_listen=TLS_ANY_PORT, tls_cert=cert, tls_key=key,
+                             tls_handshake_timeout_s=0.5)
+    port = gw.tls_ports[0]
+    silent = await trio.open_tcp_stream("127.0.0.1", port)
+    talker = await trio.open_tcp_stream("127.0.0.1", port)
+    await talker.send_all(b"alice\nhello\n")
+    with trio.fail_after(5):  # closed at once: no TLS record
+        assert await talker.receive_some(100) == b""
+    assert failures(gw, "error") == 1
+    # Meanwhile a real TLS client gets in and is served.
+    real = await ChatClient.join(port, "real", tls=client_context)
+    with trio.fail_after(5):  # closed after the 0.5 s deadline, without a byte
+        assert await silent.receive_some(100) == b""
+    assert failures(gw, "timeout") == 1
+    assert len(gw.sessions) == 1
+    await real.send("still fine")
+    await real.expect(r"^#lobby <real> still fine$")
+    # A client that does not trust the certificate fails its own handshake.
+    with pytest.raises(trio.BrokenResourceError):
+        await ChatClient.connect_tls(port, ssl.create_default_context())
+    await real.aclose()
+    for stream in (silent, talker):
+        await stream.aclose()
+
+
+async def test_proxy_header_before_tls_gives_the_real_client_address(
+    start_gateway: StartGateway, cert_files: tuple[str, str], client_context: ssl.SSLContext
+) -> None:
+    cert, key = cert_files
+    gw = await start_gateway(tls_listen=TLS_ANY_PORT, tls_cert=cert, tls_key=key,
+                             proxy_protocol=True)
+    raw = await trio.open_tcp_stream("127.0.0.1", gw.tls_ports[0])
+    await raw.send_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 7000\r\n")
+    stream = trio.SSLStream(raw, client_context, server_hostname="localhost")
+    await stream.do_handshake()
+    client = ChatClient(stream)
+    await client.send("proxied")
+    await client.expect(r"^== welcome, proxied!")
+    peers = {session.peer for session in gw.sessions}
+    assert peers == {"192.0.2.7:40000"}
+    await client.aclose()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+async def test_openssl_s_client_chats(
+    start_gateway: StartGateway, cert_files: tuple[str, str], ca: trustme.CA, tmp_path: Path
+) -> None:
+    cert, key = cert_files
+    gw = await start_gateway(tls_listen=TLS_ANY_PORT, tls_cert=cert, tls_key=key)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    watcher = await ChatClient.join(gw.ports[0], "watcher")
+    command = ["openssl", "s_client", "-connect", f"127.0.0.1:{gw.tls_ports[0]}", "-quiet",
+               "-verify_return_error", "-CAfile", str(ca_file), "-servername", "localhost"]
+    with trio.fail_after(20):
+        result = await trio.run_process(
+            command, stdin=b"carol\nhello from openssl\n/quit\n", capture_stdout=True,
+            capture_stderr=True, check=False,
+        )
+    out = result.stdout.decode()
+    assert "== welcome, carol!" in out, (out, result.stderr)
+    assert out.endswith("== bye\r\n")
+    await watcher.expect(r"^#lobby <carol> hello from openssl$")
+    await watcher.aclose()
+
+
+def run_gateway(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    full.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "services.gateway"],
+        cwd=REPO, env=full, capture_output=True, text=True, timeout=30, check=False,
+    )
+
+
+@pytest.fixture
+def bad_files(ca: trustme.CA, tmp_path: Path) -> Iterator[dict[str, str]]:
+    one, other = ca.issue_cert("localhost"), ca.issue_cert("localhost")
+    files = {
+        "cert": one.cert_chain_pems[0].bytes(),
+        "other_key": other.private_key_pem.bytes(),
+        "garbage": b"not a pem file\n",
+    }
+    paths = {}
+    for name, data in files.items():
+        path = tmp_path / f"{name}.pem"
+        path.write_bytes(data)
+        paths[name] = str(path)
+    paths["missing"] = str(tmp_path / "missing.pem")
+    paths["directory"] = str(tmp_path)  # exists, cannot be read as a file (even by root)
+    yield paths
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "message"),
+    [
+        ("", "", "CHAT_TLS_LISTEN needs both CHAT_TLS_CERT and CHAT_TLS_KEY"),
+        ("missing", "other_key", "cannot read CHAT_TLS_CERT"),
+        ("cert", "missing", "cannot read CHAT_TLS_KEY"),
+        ("cert", "directory", "cannot read CHAT_TLS_KEY"),
+        ("cert", "other_key", "are not a usable PEM certificate chain"),
+        ("garbage", "other_key", "are not a usable PEM certificate chain"),
+        ("cert", "garbage", "are not a usable PEM certificate chain"),
+    ],
+)
+def test_bad_tls_configuration_is_one_line_and_exit_2(
+    bad_files: dict[str, str], cert: str, key: str, message: str
+) -> None:
+    env = {"CHAT_TLS_LISTEN": "127.0.0.1:0", "CHAT_REDIS_URL": "redis://127.0.0.1:1/0"}
+    if cert:
+        env["CHAT_TLS_CERT"] = bad_files[cert]
+    if key:
+        env["CHAT_TLS_KEY"] = bad_files[key]
+    result = run_gateway(env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("chat-gateway: error: ")
+    assert message in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr + result.stdout
