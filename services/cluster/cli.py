@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--redis-port", type=_port, help="port of the owned redis-server (default: a free one)"
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="gateways also serve TLS (on PORT+100+i), with a self-signed certificate made "
+        "for this run unless --tls-cert and --tls-key are given",
+    )
+    parser.add_argument("--tls-cert", metavar="PATH", help="PEM certificate chain for --tls")
+    parser.add_argument("--tls-key", metavar="PATH", help="PEM private key for --tls")
+    parser.add_argument("--tls-ports", type=_port_list, metavar="P1,P2,..", help="gateway TLS ports")
     parser.add_argument("--haproxy-config", type=Path, default=DEFAULT_HAPROXY_CONFIG, metavar="PATH")
     parser.add_argument(
         "--gateway-command",
