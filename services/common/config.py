@@ -49,7 +49,9 @@ class RedisURL:
     port: int = 6379
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    # Kept out of repr() too: a Settings or RedisURL in a log line or a
+    # traceback must not show it.
+    password: str | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         auth = ""

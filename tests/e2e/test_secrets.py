@@ -52,6 +52,13 @@ def test_a_bad_redis_url_is_reported_without_its_password(url: str) -> None:
     assert PASSWORD not in str(raised.value)
 
 
+def test_settings_never_show_the_password() -> None:
+    settings = load_settings([], {"CHAT_REDIS_URL": f"redis://chat:{PASSWORD}@db:6380/1"})
+    assert settings.redis_url.password == PASSWORD
+    for shown in (str(settings.redis_url), repr(settings.redis_url), repr(settings)):
+        assert PASSWORD not in shown
+
+
 def test_redaction_keeps_what_helps_the_operator() -> None:
     assert redact_url(f"redis://chat:{PASSWORD}@db.example:6380/2") == "redis://chat:***@db.example:6380/2"
     assert redact_url("redis://db.example:6380/2") == "redis://db.example:6380/2"
