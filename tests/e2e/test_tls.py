@@ -115,22 +115,72 @@ async def test_a_silent_or_plain_text_client_on_the_tls_port_is_closed_and_count
         await stream.aclose()
 
 
-async def test_proxy_header_before_tls_gives_the_real_client_address(
+async def test_tls_clients_get_the_same_admission_and_drain(
     start_gateway: StartGateway, cert_files: tuple[str, str], client_context: ssl.SSLContext
+) -> None:
+    cert, key = cert_files
+    gw = await start_gateway(tls_listen=TLS_ANY_PORT, tls_cert=cert, tls_key=key, max_clients=1)
+    port = gw.tls_ports[0]
+    first = await ChatClient.join(port, "first", tls=client_context)
+    refused = await ChatClient.connect_tls(port, client_context)
+    lines = await refused.read_until_closed()
+    assert lines == ["!! disconnected: server full; try again later"]
+    await gw.drain()
+    lines = await first.read_until_closed()
+    assert lines[-1].startswith("!! disconnected: this gateway is shutting down")
+    with pytest.raises(OSError):  # the TLS listener is closed too
+        await trio.open_tcp_stream("127.0.0.1", port)
+
+
+class HeaderFirst(trio.abc.Stream):
+    """A client transport that sends a PROXY header in the same write as the
+    first TLS bytes (the ClientHello), as a proxy may: the gateway then reads
+    TLS bytes together with the header and must hand them to the handshake."""
+
+    def __init__(self, stream: trio.SocketStream, header: bytes) -> None:
+        self.stream, self.header = stream, header
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        data, self.header = self.header + bytes(data), b""
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+@pytest.mark.parametrize("together", [False, True])
+async def test_proxy_header_before_tls_gives_the_real_client_address(
+    start_gateway: StartGateway, cert_files: tuple[str, str], client_context: ssl.SSLContext,
+    together: bool,
 ) -> None:
     cert, key = cert_files
     gw = await start_gateway(tls_listen=TLS_ANY_PORT, tls_cert=cert, tls_key=key,
                              proxy_protocol=True)
     raw = await trio.open_tcp_stream("127.0.0.1", gw.tls_ports[0])
-    await raw.send_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 7000\r\n")
-    stream = trio.SSLStream(raw, client_context, server_hostname="localhost")
-    await stream.do_handshake()
-    client = ChatClient(stream)
-    await client.send("proxied")
-    await client.expect(r"^== welcome, proxied!")
-    peers = {session.peer for session in gw.sessions}
-    assert peers == {"192.0.2.7:40000"}
-    await client.aclose()
+    header = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 7000\r\n"
+    transport: trio.abc.Stream = raw
+    if together:
+        transport = HeaderFirst(raw, header)
+    else:
+        await raw.send_all(header)
+    stream = trio.SSLStream(transport, client_context, server_hostname="localhost")
+    try:
+        await stream.do_handshake()
+        await stream.send_all(b"proxied\n")
+        with trio.fail_after(10):
+            received = b""
+            while b"== welcome, proxied!" not in received:
+                received += await stream.receive_some(65536)
+        peers = {session.peer for session in gw.sessions}
+        assert peers == {"192.0.2.7:40000"}
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
