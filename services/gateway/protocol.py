@@ -48,6 +48,32 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 # characters, U+FEFF, the soft hyphen), line and paragraph separators (Zl, Zp)
 # and lone surrogates (Cs, which JSON can carry but UTF-8 cannot).
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+# Every code point of those categories lies in these ranges (Unicode 14 and 15;
+# a test checks them against the running Python's unicodedata), so the table
+# that maps each to its marker is built at import from a few thousand lookups.
+_INVISIBLE_RANGES = (
+    (0x0000, 0x001F), (0x007F, 0x009F), (0x00AD, 0x00AD), (0x0600, 0x0605), (0x061C, 0x061C),
+    (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x180E, 0x180E),
+    (0x200B, 0x200F), (0x2028, 0x202E), (0x2060, 0x206F), (0xD800, 0xDFFF), (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB), (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE007F),
+)
+_MARKERS = {
+    chr(cp): f"<U+{cp:04X}>"
+    for first, last in _INVISIBLE_RANGES
+    for cp in range(first, last + 1)
+    if unicodedata.category(chr(cp)) in _INVISIBLE_CATEGORIES
+}
+# The ranges as one regex class (a superset of the markers' keys), captured so
+# that split() returns them between the text around them.
+_CANDIDATES = re.compile(
+    "(["
+    + "".join(
+        re.escape(chr(first)) + ("-" + re.escape(chr(last)) if last > first else "")
+        for first, last in _INVISIBLE_RANGES
+    )
+    + "])"
+)
 
 
 def sanitize(text: str) -> str:
@@ -61,10 +87,11 @@ def sanitize(text: str) -> str:
     """
     if text.isprintable():  # the common case: nothing to do (a space is printable)
         return text
-    return "".join(
-        f"<U+{ord(ch):04X}>" if unicodedata.category(ch) in _INVISIBLE_CATEGORIES else ch
-        for ch in text
-    )
+    parts = _CANDIDATES.split(text)
+    if len(parts) == 1:  # not printable for another reason (a non-ASCII space)
+        return text
+    parts[1::2] = [_MARKERS.get(ch, ch) for ch in parts[1::2]]
+    return "".join(parts)
 
 
 class LineFramer:

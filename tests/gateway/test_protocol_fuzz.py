@@ -198,3 +198,13 @@ def test_ordinary_distinct_names_stay_distinct(a: str, b: str) -> None:
 def test_swapping_a_look_alike_anywhere_keeps_the_identity(nick: str, pair: tuple[str, str]) -> None:
     a, b = pair
     assert p.fold_nick(nick.replace(a, b)) == p.fold_nick(nick) or a not in nick
+
+
+def test_the_marker_table_covers_every_invisible_code_point_of_this_python() -> None:
+    """protocol._INVISIBLE_RANGES is written out for speed; it must hold every
+    Cc, Cf, Zl, Zp and Cs code point that the running Python's Unicode knows
+    (a newer Unicode adding one fails here: add its range)."""
+    covered = {ord(ch) for ch in p._MARKERS}
+    wanted = {cp for cp in range(0x110000)
+              if unicodedata.category(chr(cp)) in ("Cc", "Cf", "Zl", "Zp", "Cs")}
+    assert wanted == covered, sorted(wanted ^ covered)[:20]
