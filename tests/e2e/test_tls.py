@@ -7,7 +7,9 @@
   plain-text client on the TLS port is closed at once; both are logged and
   counted, and neither disturbs anyone else.
 - Behind a PROXY-protocol proxy the header comes before the TLS bytes and the
-  session gets the header's address.
+  session gets the header's address, also through real HAProxy passing TLS
+  through to the gateway's TLS port (deploy/haproxy/haproxy.cfg).
+- TLS clients get the same admission ("server full") and drain.
 - Bad TLS configuration is one line at start and exit status 2.
 """
 
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -26,9 +30,14 @@ import trio
 import trustme
 
 from services.common.config import HostPort
+from services.common.probes import free_ports
+from services.common.processes import Process, wait_until
 from tests.conftest import StartGateway
 from tests.support.chat_client import ChatClient
+from tests.support.gateway_process import GatewayProcess
+from tests.support.haproxy import HAPROXY_CFG, haproxy_env, haproxy_server_states
 from tests.support.processes import REPO
+from tests.support.redis_server import RedisServer
 
 TLS_ANY_PORT = HostPort("127.0.0.1", 0)
 
@@ -259,3 +268,40 @@ def test_bad_tls_configuration_is_one_line_and_exit_2(
     assert message in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+def test_tls_through_haproxy_with_proxy_v2_keeps_the_real_address(
+    redis_server: RedisServer, cert_files: tuple[str, str], client_context: ssl.SSLContext,
+    tmp_path: Path,
+) -> None:
+    """HAProxy as deployed (TCP mode, send-proxy-v2), its backend pointed at the
+    gateway's TLS port: the encrypted bytes pass through, the gateway reads the
+    PROXY v2 header, then the handshake, and logs the client's own address."""
+    cert, key = cert_files
+    lb_port, tls_port, http_port = free_ports(3)
+    settings = {"http_port": http_port, "proxy_protocol": "true", "trusted_proxies": "127.0.0.1/32",
+                "tls_listen": f"127.0.0.1:{tls_port}", "tls_cert": cert, "tls_key": key}
+    with ExitStack() as stack:
+        gw = stack.enter_context(GatewayProcess(redis_server.url, "tlsgw", **settings)).start(20)
+        assert gw.wait_for_event("gateway.started")["tls_ports"] == [tls_port]
+        sock = tmp_path / "haproxy.sock"
+        env = haproxy_env(lb_port, [(tls_port, http_port)], sock)
+        argv = [shutil.which("haproxy") or "haproxy", "-db", "-f", str(HAPROXY_CFG)]
+        stack.enter_context(Process("haproxy", argv, env=env, cwd=REPO))
+        wait_until(lambda: haproxy_server_states(sock) == {"gw1": "UP"}, 15, "gw1 UP")
+        with (
+            socket.create_connection(("127.0.0.1", lb_port), timeout=10) as raw,
+            client_context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            local_port = tls.getsockname()[1]
+            tls.sendall(b"viaproxy\nhello through haproxy\n/quit\n")
+            received = b""
+            while not received.endswith(b"== bye\r\n"):
+                data = tls.recv(65536)
+                if not data:
+                    break
+                received += data
+        assert b"#lobby <viaproxy> hello through haproxy\r\n" in received, received
+        connected = gw.wait_for_event("client.connected", 5, peer=f"127.0.0.1:{local_port}")
+        assert connected["peer"] == f"127.0.0.1:{local_port}"
