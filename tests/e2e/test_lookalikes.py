@@ -3,7 +3,8 @@
 Two in-process gateways share one real Redis: a look-alike of a nickname online
 on one gateway is refused on the other (at login and by ``/nick``); the owner
 may switch between its own spellings; ``/msg`` finds a user by any spelling;
-Redis records the skeleton and the spelling as typed.  Invisible and
+Redis records the skeleton and the spelling as typed; ``chat-admin kick`` finds
+a user by any spelling.  Invisible and
 bidirectional characters in chat are shown as ``<U+XXXX>`` to every member.
 """
 
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import redis
 
+from services.admin.commands import kick
+from services.common.keys import Keys
 from services.common.names import fold_nick
 from tests.conftest import StartGateway
 from tests.support.chat_client import ChatClient
+from tests.support.redis_server import RedisServer
 
 
 async def test_a_look_alike_cannot_be_taken_on_any_gateway(
-    start_gateway: StartGateway, rc: redis.Redis, key_prefix: str
+    start_gateway: StartGateway, rc: redis.Redis, key_prefix: str, redis_server: RedisServer
 ) -> None:
     gw1 = await start_gateway()
     gw2 = await start_gateway()
@@ -48,7 +52,14 @@ async def test_a_look_alike_cannot_be_taken_on_any_gateway(
     await alice.expect(r"^@alice <mallory> hi there$")
     await alice.send("/who")
     await alice.expect(r"^== 2 online: (alice, mallory|mallory, alice)$")
-    for client in (alice, impostor, newcomer):
+    # chat-admin kick finds the user by any spelling too, and names the real one.
+    admin = redis.Redis.from_url(redis_server.url, decode_responses=True)  # as chat-admin's
+    result = kick(admin, Keys(key_prefix), "rnaII0ry", "look-alike test")
+    admin.close()
+    assert result["nick"] == "mallory"
+    lines = await impostor.read_until_closed()
+    assert lines[-1] == "!! disconnected: kicked by an operator: look-alike test"
+    for client in (alice, newcomer):
         await client.aclose()
 
 
