@@ -5,9 +5,9 @@
 proxies (before the TLS handshake, as HAProxy sends it), completes the TLS
 handshake within ``CHAT_TLS_HANDSHAKE_TIMEOUT_S``, decides whether to admit
 (capacity by open files and ``CHAT_MAX_CLIENTS``, not while draining, briefly
-held while the gateway is starting), and runs one
-session per admitted connection.  It knows sessions only as things to run,
-count, tell and disconnect.
+held while the gateway is starting), and runs one session per admitted
+connection.  It knows sessions only as things to run, count, tell and
+disconnect.
 """
 
 from __future__ import annotations
@@ -152,20 +152,24 @@ class Server:
         logged and counted, never raised) when it failed or took longer than
         ``CHAT_TLS_HANDSHAKE_TIMEOUT_S``."""
         assert self.tls_context is not None
+        timeout_s = self.settings.tls_handshake_timeout_s
         transport: trio.abc.Stream = _Prepended(raw, leftover) if leftover else raw
         stream = trio.SSLStream(transport, self.tls_context, server_side=True)
-        reason = "timeout"
-        with trio.move_on_after(self.settings.tls_handshake_timeout_s):
-            try:
-                await stream.do_handshake()
-                return stream
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                cause = exc.__cause__
-                reason = "error"
-                detail = (getattr(cause, "reason", None) or str(cause or exc) or
-                          type(cause or exc).__name__)
-        if reason == "timeout":
-            detail = f"no handshake within {self.settings.tls_handshake_timeout_s:g}s"
+        reason, detail = "timeout", f"no handshake within {timeout_s:g}s"
+        try:
+            with trio.move_on_after(timeout_s):
+                try:
+                    await stream.do_handshake()
+                    return stream
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    # The ssl module's reason ("HTTP_REQUEST", "WRONG_VERSION_NUMBER")
+                    # is the useful part; the peer vanishing has none.
+                    cause = exc.__cause__
+                    reason = "error"
+                    detail = getattr(cause, "reason", None) or str(cause or "connection closed")
+        except BaseException:  # cancelled (the drain): close what we opened
+            await trio.aclose_forcefully(raw)
+            raise
         self.metrics.tls_handshake_failures_total.labels(reason=reason).inc()
         log.info("tls.handshake_failed", peer=peer, reason=reason, error=str(detail)[:200])
         await trio.aclose_forcefully(raw)
