@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the owned redis-server's data (AOF) in DIR, so accounts and rooms survive "
         "a restart of the cluster (default: nothing is kept)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="gateways also serve TLS (on PORT+100+i), with a self-signed certificate made "
+        "for this run unless --tls-cert and --tls-key are given",
+    )
+    parser.add_argument("--tls-cert", metavar="PATH", help="PEM certificate chain for --tls")
+    parser.add_argument("--tls-key", metavar="PATH", help="PEM private key for --tls")
+    parser.add_argument("--tls-ports", type=_port_list, metavar="P1,P2,..", help="gateway TLS ports")
     parser.add_argument("--haproxy-config", type=Path, default=DEFAULT_HAPROXY_CONFIG, metavar="PATH")
     parser.add_argument(
         "--gateway-command",

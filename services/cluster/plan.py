@@ -35,6 +35,17 @@ class GatewayPlan:
     name: str
     port: int
     http_port: int
+    tls_port: int | None = None  # --tls: the same protocol over TLS here
+
+
+@dataclass(frozen=True)
+class TLSPlan:
+    """``--tls``: the gateways' certificate and key, or ``None`` for a
+    self-signed pair made with ``openssl`` in the run's temporary directory."""
+
+    cert: Path | None
+    key: Path | None
+    openssl_bin: str | None
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,7 @@ class Plan:
     gateway_command: tuple[str, ...]
     no_haproxy_reason: str = ""
     redis_data: Path | None = None  # keep the owned redis-server's data (AOF) here; None: none
+    tls: TLSPlan | None = None
 
     @property
     def probe_host(self) -> str:
@@ -68,9 +80,13 @@ class Plan:
         local = ("127.0.0.1", "0.0.0.0", "::", "::1", "localhost")
         return "localhost" if self.host in local else self.host
 
-    def gateway_env(self, gw: GatewayPlan, redis_url: str | None, base: Mapping[str, str]) -> dict[str, str]:
+    def gateway_env(
+        self, gw: GatewayPlan, redis_url: str | None, base: Mapping[str, str],
+        tls_files: tuple[Path, Path] | None = None,
+    ) -> dict[str, str]:
         """One gateway's environment: ``base`` plus its listeners, name and Redis
-        (``None``: the external Redis ``base`` names already)."""
+        (``None``: the external Redis ``base`` names already), and its TLS
+        listener with ``tls_files`` (certificate, key)."""
         env = dict(base)
         env.update(
             CHAT_LISTEN=f"{self.host}:{gw.port}",
@@ -82,6 +98,9 @@ class Plan:
         )
         if redis_url is not None:
             env["CHAT_REDIS_URL"] = redis_url
+        if gw.tls_port is not None and tls_files is not None:
+            env["CHAT_TLS_LISTEN"] = f"{self.host}:{gw.tls_port}"
+            env["CHAT_TLS_CERT"], env["CHAT_TLS_KEY"] = (str(path) for path in tls_files)
         env.setdefault("CHAT_TRUSTED_PROXIES", "127.0.0.1/32,::1/128")
         return env
 
@@ -128,6 +147,12 @@ def make_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
     if len(ports) != n or len(http_ports) != n:
         raise ClusterError(f"give exactly {n} --gateway-ports and --http-ports")
     lb_port = (args.lb_port or base) if haproxy_bin else None
+    tls = _tls_plan(args)
+    tls_ports: list[int | None] = [None] * n
+    if tls is not None:
+        tls_ports = list(args.tls_ports or [base + 100 + i for i in range(1, n + 1)])
+        if len(tls_ports) != n:
+            raise ClusterError(f"give exactly {n} --tls-ports")
 
     external = given.get("redis_url")
     redis_bin = None
@@ -149,7 +174,8 @@ def make_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
             raise ClusterError(f"--data {data}: not a directory")
         data = data.resolve()
 
-    wanted = [*ports, *http_ports, *([lb_port] if lb_port else []), *([redis_port] if redis_bin else [])]
+    wanted = [*ports, *http_ports, *([lb_port] if lb_port else []), *([redis_port] if redis_bin else []),
+              *(p for p in tls_ports if p is not None)]
     if len(set(wanted)) != len(wanted):
         raise ClusterError(f"ports overlap: {wanted}")
     busy = [p for p in wanted if not port_is_free(p, args.host)]
@@ -170,8 +196,8 @@ def make_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
     return Plan(
         host=args.host,
         gateways=tuple(
-            GatewayPlan(f"gw{i + 1}", port, http)
-            for i, (port, http) in enumerate(zip(ports, http_ports, strict=True))
+            GatewayPlan(f"gw{i + 1}", port, http, tls_port)
+            for i, (port, http, tls_port) in enumerate(zip(ports, http_ports, tls_ports, strict=True))
         ),
         lb_port=lb_port,
         haproxy_bin=haproxy_bin,
@@ -186,4 +212,23 @@ def make_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
         stop_timeout_s=stop_timeout_s,
         gateway_command=tuple(args.gateway_command),
         no_haproxy_reason=reason,
+        tls=tls,
     )
+
+
+def _tls_plan(args: argparse.Namespace) -> TLSPlan | None:
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if not (getattr(args, "tls", False) or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise ClusterError("give both --tls-cert and --tls-key, or neither (a self-signed pair)")
+    if cert and key:
+        for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+            if not Path(path).is_file():
+                raise ClusterError(f"{flag} {path}: no such file")
+        return TLSPlan(Path(cert).resolve(), Path(key).resolve(), None)
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise ClusterError("--tls makes its certificate with openssl, which is not installed; "
+                           "install it or give --tls-cert and --tls-key")
+    return TLSPlan(None, None, openssl)

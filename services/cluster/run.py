@@ -76,9 +76,10 @@ async def _start(sup: Supervisor, nursery: trio.Nursery, workdir: Path, environ:
 
         await wait_ready(redis, "no PONG", redis_answers, plan.ready_timeout_s)
 
+    tls_files = await _tls_files(plan, workdir)
     gateways = []
     for gw in plan.gateways:
-        env = plan.gateway_env(gw, owned_url, environ)
+        env = plan.gateway_env(gw, owned_url, environ, tls_files)
         child = await sup.spawn(nursery, gw.name, "gateway", plan.gateway_command, env, structured=True)
         gateways.append((gw, child))
 
@@ -112,10 +113,16 @@ async def _start(sup: Supervisor, nursery: trio.Nursery, workdir: Path, environ:
     redis_url = owned_url or str(plan.redis_url)  # str(RedisURL) hides the password
     ports = [plan.lb_port] if lb else [gw.port for gw in plan.gateways]
     connect = [f"nc {plan.shown_host} {port}" for port in ports]
+    ca = f" -CAfile {tls_files[0]}" if tls_files and plan.tls and plan.tls.cert is None else ""
+    connect_tls = [
+        f"openssl s_client -connect {plan.shown_host}:{gw.tls_port} -quiet{ca}"
+        for gw in plan.gateways if tls_files and gw.tls_port is not None
+    ]
     if out.fmt == "json":
         out.event(
             "cluster.ready",
             connect=connect,
+            connect_tls=connect_tls,
             haproxy=None if lb is None else {"port": plan.lb_port, "pid": lb.pid},
             no_haproxy_reason=plan.no_haproxy_reason or None,
             gateways=[
@@ -139,6 +146,8 @@ async def _start(sup: Supervisor, nursery: trio.Nursery, workdir: Path, environ:
         out.say(f"ready: {len(gateways)} gateway(s), no load balancer ({plan.no_haproxy_reason})")
     for line in connect:
         out.say(f"  connect:   {line}")
+    for line in connect_tls:
+        out.say(f"  tls:       {line}")
     for gw, _ in gateways:
         http = f"http://{plan.shown_host}:{gw.http_port}/metrics"
         out.say(f"  {gw.name + ':':<10} chat {plan.host}:{gw.port}, {http}")
@@ -149,6 +158,29 @@ async def _start(sup: Supervisor, nursery: trio.Nursery, workdir: Path, environ:
     out.say(f"  redis:     {redis_url} ({owned})")
     out.say("  stop:      Ctrl-C")
     out.say("")
+
+
+async def _tls_files(plan: Plan, workdir: Path) -> tuple[Path, Path] | None:
+    """The certificate and key the gateways serve TLS with: the given ones, or a
+    self-signed pair (for localhost, 127.0.0.1 and ::1, valid 7 days) made with
+    openssl in ``workdir``, which is removed when the cluster stops."""
+    if plan.tls is None:
+        return None
+    if plan.tls.cert is not None and plan.tls.key is not None:
+        return plan.tls.cert, plan.tls.key
+    assert plan.tls.openssl_bin is not None
+    cert, key = workdir / "tls-cert.pem", workdir / "tls-key.pem"
+    command = [
+        plan.tls.openssl_bin, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "7", "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
+        "-keyout", str(key), "-out", str(cert),
+    ]
+    result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+    if result.returncode != 0:
+        detail = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise ClusterError(f"openssl could not make a certificate: {' '.join(detail)}")
+    return cert, key
 
 
 async def run_cluster(plan: Plan, out: Output, environ: dict[str, str]) -> int:

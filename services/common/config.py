@@ -49,7 +49,9 @@ class RedisURL:
     port: int = 6379
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    # Kept out of repr() too: a Settings or RedisURL in a log line or a
+    # traceback must not show it.
+    password: str | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         auth = ""
@@ -84,17 +86,51 @@ def parse_optional_host_port(raw: str) -> HostPort | None:
     return parse_host_port(raw)
 
 
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s]*)@")
+
+
+def redact_url(raw: str) -> str:
+    """``raw`` with any password in it replaced by ``***`` (for error messages).
+
+    Everything before the last ``@`` of the authority is credentials; only a user
+    name before a ``:`` is kept.  A string that does not parse as a URL but has an
+    ``@`` loses everything before it: a password typed without the scheme must not
+    be echoed either.
+    """
+    match = _URL_USERINFO.match(raw.strip())
+    if match is None:
+        return "***@" + raw.rsplit("@", 1)[1] if "@" in raw else raw
+    userinfo = match["userinfo"]
+    rest = raw.strip()[match.end() :]
+    if "@" in rest:  # an unescaped "@" in the password: the last one ends it
+        more, rest = rest.rsplit("@", 1)
+        userinfo = f"{userinfo}@{more}"
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return f"{match['scheme']}{shown}@{rest}"
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``***``."""
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S*@\S*", lambda m: redact_url(m.group(0)), text)
+
+
 def parse_redis_url(raw: str) -> RedisURL:
-    parts = urlsplit(raw.strip())
+    """Parse a Redis URL.  The ``ValueError`` never carries the password."""
+    shown = redact_url(raw)
+    try:
+        parts = urlsplit(raw.strip())
+    except ValueError:
+        raise ValueError(f"not a URL: {shown!r}") from None
     if parts.scheme != "redis":
-        raise ValueError(f"expected redis://host:port/db, got {raw!r}")
+        raise ValueError(f"expected redis://host:port/db, got {shown!r}")
     try:
         port = parts.port or 6379
-    except ValueError as exc:
-        raise ValueError(f"bad port in {raw!r}") from exc
+    except ValueError:
+        raise ValueError(f"bad port in {shown!r}") from None
     path = parts.path.lstrip("/")
     if path and not path.isdigit():
-        raise ValueError(f"database must be a number in {raw!r}")
+        raise ValueError(f"database must be a number in {shown!r}")
     return RedisURL(
         host=parts.hostname or "127.0.0.1",
         port=port,
@@ -102,6 +138,11 @@ def parse_redis_url(raw: str) -> RedisURL:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
     )
+
+
+def parse_path(raw: str) -> str:
+    """A file path (checked when used: the gateway reads it at start)."""
+    return raw.strip()
 
 
 def parse_duration(raw: str) -> float:
@@ -301,6 +342,27 @@ class Settings:
         "comma-separated networks allowed to send PROXY headers",
         metavar="CIDRS",
     )
+    # -- TLS for clients (issue 10) ---------------------------------------------------
+    tls_listen: HostPort | None = _setting(
+        "off",
+        parse_optional_host_port,
+        "TCP address for chat clients over TLS, the same protocol as --listen (off = none;"
+        " needs --tls-cert and --tls-key)",
+        metavar="HOST:PORT",
+    )
+    tls_cert: str = _setting(
+        "", parse_path, "PEM file with the TLS certificate chain, leaf first", metavar="PATH"
+    )
+    tls_key: str = _setting(
+        "", parse_path, "PEM file with the TLS certificate's private key (unencrypted)",
+        metavar="PATH",
+    )
+    tls_handshake_timeout_s: float = _setting(
+        "10",
+        parse_duration,
+        "a TLS client that has not finished its handshake in this time is closed",
+        metavar="SECONDS",
+    )
 
     # -- abuse resistance: timeouts, flood control, bounded replies (issue 10) -----
     keepalive_idle_s: float = _setting(
@@ -401,6 +463,13 @@ class Settings:
                 "CHAT_AUTH_FAILURE_WINDOW_S must be a positive, finite number of seconds, "
                 f"got {self.auth_failure_window_s}"
             )
+        if self.tls_listen is not None and not (self.tls_cert and self.tls_key):
+            raise ConfigError("CHAT_TLS_LISTEN needs both CHAT_TLS_CERT and CHAT_TLS_KEY")
+        if not 0 < self.tls_handshake_timeout_s < math.inf:
+            raise ConfigError(
+                "CHAT_TLS_HANDSHAKE_TIMEOUT_S must be a positive, finite number of seconds, "
+                f"got {self.tls_handshake_timeout_s}"
+            )
 
 
 ENV_PREFIX = "CHAT_"
@@ -416,7 +485,8 @@ def flag_name(name: str) -> str:
 
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
-        raise ConfigError(message)
+        # argparse quotes the offending arguments, which may be a Redis URL.
+        raise ConfigError(redact_secrets(message))
 
 
 def build_parser(prog: str = "chat-gateway") -> argparse.ArgumentParser:
@@ -483,7 +553,9 @@ def given_settings(
         try:
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            raise ConfigError(f"invalid {source}: {exc}") from None
+            # Parsers never put a password in their message; redacting again
+            # covers a parser that quotes its input and a URL in another setting.
+            raise ConfigError(f"invalid {source}: {redact_secrets(str(exc))}") from None
     return values
 
 

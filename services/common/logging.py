@@ -11,7 +11,10 @@ tasks, so each connection sees only its own.
 from __future__ import annotations
 
 import logging
+import math
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -57,3 +60,34 @@ class _AddGateway:
     def __call__(self, logger: Any, name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
         event_dict.setdefault("gateway", self.gateway)
         return event_dict
+
+
+class LogThrottle:
+    """At most one log line per ``interval_s`` for one kind of event, so input a
+    peer controls (a flood of malformed bus messages) cannot flood the log.
+
+    :meth:`allow` says whether to log now; :attr:`suppressed` is how many were
+    not logged since the last one (put it in the line that is logged).
+    """
+
+    __slots__ = ("_clock", "_next_at", "interval_s", "suppressed")
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._next_at = -math.inf
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        """``True`` (and the count restarts) when a line may be logged now."""
+        now = self._clock()
+        if now < self._next_at:
+            self.suppressed += 1
+            return False
+        self._next_at = now + self.interval_s
+        return True
+
+    def take_suppressed(self) -> int:
+        """How many were suppressed before this line; resets the count."""
+        count, self.suppressed = self.suppressed, 0
+        return count

@@ -103,6 +103,18 @@ class Metrics:
             "Clients disconnected because their outbox overflowed",
             registry=registry,
         )
+        self.tls_handshake_failures_total: Final = Counter(
+            "chat_tls_handshake_failures_total",
+            "TLS clients closed before their handshake completed, by reason (timeout, error)",
+            ["reason"],
+            registry=registry,
+        )
+        self.bus_malformed_total: Final = Counter(
+            "chat_bus_malformed_total",
+            "Bus messages dropped because they could not be decoded or handled, by channel",
+            ["channel"],
+            registry=registry,
+        )
         self.redis_reconnects_total: Final = Counter(
             "chat_redis_reconnects_total",
             "Reconnections to Redis, by connection (command or subscriber)",

@@ -30,9 +30,27 @@ def validate_nick(nick: str) -> str | None:
     return None
 
 
+# Look-alikes (see docs/PROTOCOL.md, "Nicknames"): after lower-casing, each
+# character of a group becomes the group's first one, then letter pairs that
+# read as one letter become it.  The targets are never sources, so folding is
+# idempotent.  Inspired by the skeletons of Unicode TS #39, for ASCII only.
+_LOOKALIKE_CHARS = str.maketrans({"i": "l", "1": "l", "|": "l", "0": "o", "5": "s"})
+_LOOKALIKE_PAIRS = (("rn", "m"), ("vv", "w"))
+
+
 def fold_nick(nick: str) -> str:
-    """The case-insensitive identity of a nickname (ASCII only, so ``lower`` is exact)."""
-    return nick.lower()
+    """The identity of a nickname: its look-alike skeleton.
+
+    Two nicknames are the same nickname when their skeletons are equal, so
+    ``AIice`` (capital i) cannot be taken while ``alice`` is online, nor ``b0b``
+    beside ``Bob``.  Every Redis key and field for a nickname uses this form;
+    the nickname as typed is only ever displayed.  Total on any string (``/msg``
+    looks up whatever it is given).
+    """
+    folded = nick.lower().translate(_LOOKALIKE_CHARS)
+    for pair, letter in _LOOKALIKE_PAIRS:
+        folded = folded.replace(pair, letter)
+    return folded
 
 
 def validate_room(room: str) -> str | None:

@@ -17,6 +17,7 @@ import trio
 from services.common.config import ConfigError, Settings, load_settings
 from services.common.logging import configure_logging
 from services.gateway.gateway import Gateway
+from services.gateway.tls import server_context
 
 
 async def run_gateway(
@@ -47,6 +48,7 @@ async def _second_signal(signals: trio.abc.AsyncIterator[int]) -> None:  # type:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
+        server_context(settings)  # unreadable or mismatched TLS files: exit 2 here
     except ConfigError as exc:
         print(f"chat-gateway: error: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ from services.common.bus.codec import (
     BroadcastMessage,
     Canary,
     Kick,
+    MalformedMessage,
     NodeMessage,
     PrivateMessage,
     decode_broadcast,
@@ -42,6 +43,7 @@ from services.common.bus.codec import (
 from services.common.config import HostPort, Settings
 from services.common.http import serve_http
 from services.common.keys import Keys, incarnation_id
+from services.common.logging import LogThrottle
 from services.common.metrics import Metrics
 from services.common.redis import RedisClient, RedisError, RedisUnavailable, Subscriber
 from services.gateway import protocol as p
@@ -58,6 +60,9 @@ from services.gateway.session import Session
 log = structlog.get_logger()
 
 DRAIN_REASON = "this gateway is shutting down; reconnect and you will land on another one"
+# At most one bus.malformed (and one bus.handler_failed) line per this many
+# seconds; the line carries how many were dropped without a line meanwhile.
+BUS_LOG_INTERVAL_S = 10.0
 
 
 class Gateway:
@@ -111,11 +116,17 @@ class Gateway:
         self.node_channel = self.keys.node_channel(self.incarnation).encode()
         self.all_channel = self.keys.all_channel.encode()
         self.http_port: int | None = None
+        self._malformed_log = LogThrottle(BUS_LOG_INTERVAL_S)
+        self._failed_log = LogThrottle(BUS_LOG_INTERVAL_S)
 
     # -- what tests and operators look at ---------------------------------------------
     @property
     def ports(self) -> list[int]:
         return self.server.ports
+
+    @property
+    def tls_ports(self) -> list[int]:
+        return self.server.tls_ports
 
     @property
     def sessions(self) -> set[Any]:
@@ -162,6 +173,7 @@ class Gateway:
                 incarnation=self.incarnation,
                 listen=str(self.settings.listen),
                 ports=ports,
+                tls_ports=self.server.tls_ports,
                 redis=str(self.settings.redis_url),
                 pid=os.getpid(),
                 max_clients=self.settings.max_clients,
@@ -177,7 +189,7 @@ class Gateway:
                 log.info("http.started", listen=f"{hp.host}:{self.http_port}")
             task_status.started(ports)
 
-    def _make_session(self, stream: trio.SocketStream, peer: str) -> Session:
+    def _make_session(self, stream: trio.abc.Stream, peer: str) -> Session:
         return Session(self, self.commands, stream, peer)
 
     async def drain(self) -> None:
@@ -196,17 +208,32 @@ class Gateway:
 
     # -- what the subscriber reads ---------------------------------------------------
     def _on_message(self, channel: bytes, data: bytes) -> None:
-        """Dispatch one message; a malformed one is logged and dropped, never raised
-        into the subscriber's reader."""
+        """Dispatch one message.  Nothing raises into the subscriber's reader: a
+        malformed message is counted, logged (rate limited) and dropped; a bug in
+        handling a valid one is logged with its traceback (rate limited) and the
+        message dropped, so no message can end the reader or the process."""
+        kind = "other"
         try:
             if channel.startswith(self.rooms.channel_prefix):
+                kind = "room"
                 self.rooms.on_publication(channel, data)
             elif channel == self.node_channel:
+                kind = "node"
                 self._on_node_message(decode_node_message(data))
             elif channel == self.all_channel:
+                kind = "all"
                 self._on_broadcast(decode_broadcast(data))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.error("bus.malformed", channel=channel.decode(errors="replace"), error=str(exc))
+        except MalformedMessage as exc:
+            self.metrics.bus_malformed_total.labels(channel=kind).inc()
+            if self._malformed_log.allow():
+                log.error("bus.malformed", channel=channel.decode(errors="replace"),
+                          error=str(exc)[:200], size=len(data),
+                          suppressed=self._malformed_log.take_suppressed())
+        except Exception:
+            self.metrics.bus_malformed_total.labels(channel=kind).inc()
+            if self._failed_log.allow():
+                log.exception("bus.handler_failed", channel=channel.decode(errors="replace"),
+                              size=len(data), suppressed=self._failed_log.take_suppressed())
 
     def _on_batch_end(self) -> None:
         self.rooms.flush_batch()

@@ -7,6 +7,7 @@ Nothing here touches a socket, so all of it is unit-tested with plain bytes.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 # Name rules live in services.common (configuration and the admin tool use them
@@ -42,6 +43,55 @@ REJECT_CONTROL = "control_chars"
 # C0 controls except TAB, DEL, and C1 controls.  ESC (\x1b) is in C0 and the
 # 8-bit CSI (\x9b) is in C1, so no terminal escape sequence gets through.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+# Control (Cc), format (Cf: bidirectional overrides and isolates, zero-width
+# characters, U+FEFF, the soft hyphen), line and paragraph separators (Zl, Zp)
+# and lone surrogates (Cs, which JSON can carry but UTF-8 cannot).
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+# Every code point of those categories lies in these ranges (Unicode 14 and 15;
+# a test checks them against the running Python's unicodedata), so the table
+# that maps each to its marker is built at import from a few thousand lookups.
+_INVISIBLE_RANGES = (
+    (0x0000, 0x001F), (0x007F, 0x009F), (0x00AD, 0x00AD), (0x0600, 0x0605), (0x061C, 0x061C),
+    (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x180E, 0x180E),
+    (0x200B, 0x200F), (0x2028, 0x202E), (0x2060, 0x206F), (0xD800, 0xDFFF), (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB), (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE007F),
+)
+_MARKERS = {
+    chr(cp): f"<U+{cp:04X}>"
+    for first, last in _INVISIBLE_RANGES
+    for cp in range(first, last + 1)
+    if unicodedata.category(chr(cp)) in _INVISIBLE_CATEGORIES
+}
+# The ranges as one regex class (a superset of the markers' keys), captured so
+# that split() returns them between the text around them.
+_CANDIDATES = re.compile(
+    "(["
+    + "".join(
+        re.escape(chr(first)) + ("-" + re.escape(chr(last)) if last > first else "")
+        for first, last in _INVISIBLE_RANGES
+    )
+    + "])"
+)
+
+
+def sanitize(text: str) -> str:
+    """``text`` with every invisible or bidirectional control character made
+    visible as ``<U+XXXX>`` (docs/PROTOCOL.md, "What you see").
+
+    Every line to a client goes through it (the formatting functions here call
+    it), whatever the text's origin: a client, another gateway, an operator or a
+    malformed bus message.  The result always encodes as UTF-8 and never holds a
+    line break, a terminal escape or a direction change.
+    """
+    if text.isprintable():  # the common case: nothing to do (a space is printable)
+        return text
+    parts = _CANDIDATES.split(text)
+    if len(parts) == 1:  # not printable for another reason (a non-ASCII space)
+        return text
+    parts[1::2] = [_MARKERS.get(ch, ch) for ch in parts[1::2]]
+    return "".join(parts)
 
 
 class LineFramer:
@@ -140,31 +190,31 @@ CRLF = "\r\n"
 
 
 def info(text: str) -> bytes:
-    return f"== {text}{CRLF}".encode()
+    return f"== {sanitize(text)}{CRLF}".encode()
 
 
 def prompt(text: str) -> bytes:
-    return f"?? {text}{CRLF}".encode()
+    return f"?? {sanitize(text)}{CRLF}".encode()
 
 
 def error(text: str) -> bytes:
-    return f"!! {text}{CRLF}".encode()
+    return f"!! {sanitize(text)}{CRLF}".encode()
 
 
 def chat_line(room: str, nick: str, text: str) -> bytes:
-    return f"{room} <{nick}> {text}{CRLF}".encode()
+    return f"{room} <{sanitize(nick)}> {sanitize(text)}{CRLF}".encode()
 
 
 def action_line(room: str, nick: str, text: str) -> bytes:
-    return f"{room} * {nick} {text}{CRLF}".encode()
+    return f"{room} * {sanitize(nick)} {sanitize(text)}{CRLF}".encode()
 
 
 def event_line(room: str, text: str) -> bytes:
-    return f"{room} -- {text}{CRLF}".encode()
+    return f"{room} -- {sanitize(text)}{CRLF}".encode()
 
 
 def private_line(recipient: str, sender: str, text: str) -> bytes:
-    return f"@{recipient} <{sender}> {text}{CRLF}".encode()
+    return f"@{sanitize(recipient)} <{sanitize(sender)}> {sanitize(text)}{CRLF}".encode()
 
 
 def publication_line(room: str, kind: str, nick: str, text: str, *, history: bool = False) -> bytes:
@@ -172,11 +222,11 @@ def publication_line(room: str, kind: str, nick: str, text: str, *, history: boo
     once per publication, the same bytes for all), or its history replay."""
     if kind == "msg":
         if history:
-            return f"{room} (history) <{nick}> {text}{CRLF}".encode()
+            return f"{room} (history) <{sanitize(nick)}> {sanitize(text)}{CRLF}".encode()
         return chat_line(room, nick, text)
     if kind == "act":
         if history:
-            return f"{room} (history) * {nick} {text}{CRLF}".encode()
+            return f"{room} (history) * {sanitize(nick)} {sanitize(text)}{CRLF}".encode()
         return action_line(room, nick, text)
     if kind == "join":
         return event_line(room, f"{nick} joined the chat!")
@@ -241,8 +291,3 @@ HELP_LINES = (
     "start a line with // to send one that begins with /;",
     "a registered nickname logs in at the nickname prompt with: NICK PASSWORD",
 )
-
-
-def sanitize(text: str) -> str:
-    """``text`` without control characters (for text from operators or Redis)."""
-    return _CONTROL.sub("", text)

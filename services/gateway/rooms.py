@@ -243,9 +243,9 @@ class Rooms:
         room.awaiting = kept
 
     def on_publication(self, channel: bytes, data: bytes) -> None:
-        """A message on a room channel.  Raises ``ValueError``, ``KeyError`` or
-        ``TypeError`` when it is malformed."""
-        room = self.rooms.get(channel[len(self.channel_prefix) :].decode())
+        """A message on a room channel.  Raises
+        :class:`~services.common.bus.codec.MalformedMessage` when it is malformed."""
+        room = self.rooms.get(channel[len(self.channel_prefix) :].decode(errors="replace"))
         if room is not None:
             self._accept(room, decode_publication(data))
 

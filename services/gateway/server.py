@@ -1,18 +1,23 @@
-"""The chat listener: accept, PROXY headers, admission, and the drain.
+"""The chat listeners: accept, PROXY headers, TLS, admission, and the drain.
 
-:class:`Server` accepts connections, reads a PROXY header from trusted proxies,
-decides whether to admit (capacity by open files and ``CHAT_MAX_CLIENTS``, not
-while draining, briefly held while the gateway is starting), and runs one
-session per admitted connection.  It knows sessions only as things to run,
-count, tell and disconnect.
+:class:`Server` accepts connections on the plain listener and, when
+``CHAT_TLS_LISTEN`` is set, on the TLS one, reads a PROXY header from trusted
+proxies (before the TLS handshake, as HAProxy sends it), completes the TLS
+handshake within ``CHAT_TLS_HANDSHAKE_TIMEOUT_S``, decides whether to admit
+(capacity by open files and ``CHAT_MAX_CLIENTS``, not while draining, briefly
+held while the gateway is starting), and runs one session per admitted
+connection.  It knows sessions only as things to run, count, tell and
+disconnect.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import resource
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Protocol
 
@@ -23,6 +28,7 @@ from services.common.config import Settings
 from services.common.metrics import Metrics
 from services.gateway import protocol as p
 from services.gateway.proxy_protocol import ProxyProtocolError, is_trusted, read_proxy_header
+from services.gateway.tls import server_context
 
 log = structlog.get_logger()
 
@@ -54,7 +60,7 @@ class Server:
         settings: Settings,
         metrics: Metrics,
         *,
-        make_session: Callable[[trio.SocketStream, str], Runnable],
+        make_session: Callable[[trio.abc.Stream, str], Runnable],
         admitting: trio.Event,
     ) -> None:
         self.settings = settings
@@ -63,6 +69,9 @@ class Server:
         self.admitting = admitting  # set once the gateway can serve clients
         self.sessions: set[Runnable] = set()
         self.ports: list[int] = []
+        self.tls_ports: list[int] = []
+        # Built here so a bad certificate or key fails at start (ConfigError).
+        self.tls_context: ssl.SSLContext | None = server_context(settings)
         self.capacity = settings.max_clients
         self.open_files = 0
         self.draining = False
@@ -82,19 +91,34 @@ class Server:
         listen = self.settings.listen
         listeners = await trio.open_tcp_listeners(listen.port, host=listen.host or None)
         self.ports = [ln.socket.getsockname()[1] for ln in listeners]
+        tls_listeners: list[trio.SocketListener] = []
+        if self.settings.tls_listen is not None:
+            tls = self.settings.tls_listen
+            tls_listeners = await trio.open_tcp_listeners(tls.port, host=tls.host or None)
+            self.tls_ports = [ln.socket.getsockname()[1] for ln in tls_listeners]
         task_status.started(self.ports)
         with self._listen_scope:
-            await trio.serve_listeners(self._handle, listeners)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, self._handle, listeners)
+                if tls_listeners:
+                    handle_tls = functools.partial(self._handle, tls=True)
+                    nursery.start_soon(trio.serve_listeners, handle_tls, tls_listeners)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        peer = _peer_name(stream)
-        enable_keepalive(stream, self.settings)
+    async def _handle(self, raw: trio.SocketStream, *, tls: bool = False) -> None:
+        peer = _peer_name(raw)
+        enable_keepalive(raw, self.settings)
         leftover = b""
         if self.settings.proxy_protocol:
-            proxied = await self._read_proxy_header(stream, peer)
+            proxied = await self._read_proxy_header(raw, peer)
             if proxied is None:
                 return
             peer, leftover = proxied
+        stream: trio.abc.Stream = raw
+        if tls:
+            secured = await self._tls_handshake(raw, peer, leftover)
+            if secured is None:
+                return
+            stream, leftover = secured, b""
         if not self.admitting.is_set():
             # Starting up: serve this client once we can, rather than refuse it.
             with trio.move_on_after(STARTUP_HOLD_S):
@@ -121,6 +145,36 @@ class Server:
             self.metrics.connections.dec()
             if self.draining and not self.sessions:
                 self._all_gone.set()
+
+    async def _tls_handshake(
+        self, raw: trio.SocketStream, peer: str, leftover: bytes
+    ) -> trio.SSLStream[trio.abc.Stream] | None:
+        """The client's TLS stream once the handshake is done; ``None`` (closed,
+        logged and counted, never raised) when it failed or took longer than
+        ``CHAT_TLS_HANDSHAKE_TIMEOUT_S``."""
+        assert self.tls_context is not None
+        timeout_s = self.settings.tls_handshake_timeout_s
+        transport: trio.abc.Stream = _Prepended(raw, leftover) if leftover else raw
+        stream = trio.SSLStream(transport, self.tls_context, server_side=True)
+        reason, detail = "timeout", f"no handshake within {timeout_s:g}s"
+        try:
+            with trio.move_on_after(timeout_s):
+                try:
+                    await stream.do_handshake()
+                    return stream
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    # The ssl module's reason ("HTTP_REQUEST", "WRONG_VERSION_NUMBER")
+                    # is the useful part; the peer vanishing has none.
+                    cause = exc.__cause__
+                    reason = "error"
+                    detail = getattr(cause, "reason", None) or str(cause or "connection closed")
+        except BaseException:  # cancelled (the drain): close what we opened
+            await trio.aclose_forcefully(raw)
+            raise
+        self.metrics.tls_handshake_failures_total.labels(reason=reason).inc()
+        log.info("tls.handshake_failed", peer=peer, reason=reason, error=str(detail)[:200])
+        await trio.aclose_forcefully(raw)
+        return None
 
     async def _read_proxy_header(
         self, stream: trio.SocketStream, peer: str
@@ -156,6 +210,32 @@ class Server:
             session.disconnect(reason)
         if self.sessions:
             await self._all_gone.wait()
+
+
+class _Prepended(trio.abc.Stream):
+    """A stream that first yields bytes already read from it (what came after a
+    PROXY header), so the TLS layer sees the client's bytes whole."""
+
+    def __init__(self, stream: trio.SocketStream, first: bytes) -> None:
+        self.stream = stream
+        self.first = first
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self.first:
+            size = len(self.first) if max_bytes is None else max_bytes
+            data, self.first = self.first[:size], self.first[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

@@ -93,3 +93,31 @@ def test_data_dir_is_for_the_owned_redis_only(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ClusterError, match="not a directory"):
         plan_for("--data", str(tmp_path / "file"))
+def test_tls_gives_each_gateway_a_tls_listener_with_the_given_files(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("y")
+    tls_ports = free_ports(3)
+    plan = plan_for("--tls-cert", str(cert), "--tls-key", str(key),
+                    "--tls-ports", ",".join(map(str, tls_ports)))
+    assert plan.tls is not None and plan.tls.cert == cert.resolve()
+    assert [gw.tls_port for gw in plan.gateways] == tls_ports
+    env = plan.gateway_env(plan.gateways[1], None, {}, (cert, key))
+    assert env["CHAT_TLS_LISTEN"] == f"127.0.0.1:{tls_ports[1]}"
+    assert (env["CHAT_TLS_CERT"], env["CHAT_TLS_KEY"]) == (str(cert), str(key))
+    assert "CHAT_TLS_LISTEN" not in plan_for().gateway_env(plan.gateways[0], None, {})
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tls-cert", "/nonexistent/c.pem"], "give both --tls-cert and --tls-key"),
+        (["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"], "no such file"),
+        (["--tls-cert", __file__, "--tls-key", __file__, "--tls-ports", "1,2"],
+         "give exactly 3 --tls-ports"),
+    ],
+)
+def test_bad_tls_arguments_are_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(ClusterError) as info:
+        plan_for(*argv)
+    assert message in str(info.value)

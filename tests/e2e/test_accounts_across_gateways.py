@@ -14,6 +14,7 @@ import pytest
 import redis
 import trio
 
+from services.common.names import fold_nick
 from tests.support.chat_client import ChatClient
 from tests.support.gateway_process import GatewayProcess
 from tests.support.redis_server import RedisServer
@@ -21,6 +22,7 @@ from tests.support.redis_server import RedisServer
 PASSWORD = "Tr0ub4dor-and-3"
 OTHER = "correct-horse-battery"
 PROMPT = r"^\?\? Choose a nickname:$"
+ALICE = fold_nick("alice")  # the form Redis keys use ("allce": look-alikes fold together)
 
 
 @pytest.fixture
@@ -122,13 +124,13 @@ async def test_register_on_one_gateway_identify_on_another_impostors_refused(
     await impostor.send(f"/identify alice {PASSWORD}")
     await impostor.expect(r"^!! too many wrong passwords for alice; try again in \d+s$")
     await quit_(impostor)
-    rc.delete(f"{prefix}auth:fail:nick:alice", f"{prefix}auth:fail:ip:127.0.0.1")
+    rc.delete(f"{prefix}auth:fail:nick:{ALICE}", f"{prefix}auth:fail:ip:127.0.0.1")
     squatter = await ChatClient.connect(gw1.port)
     await squatter.send("alice")
     await squatter.expect(r"^\?\? alice is registered")
     await squatter.send("/back")
     await squatter.expect(PROMPT)
-    assert rc.hget(f"{prefix}nicks", "alice") is None  # nobody took it meanwhile
+    assert rc.hget(f"{prefix}nicks", ALICE) is None  # nobody took it meanwhile
 
     # The owner, from the other gateway: NICK PASSWORD at the prompt.
     owner = await login(gw2.port, "alice", PASSWORD)
@@ -155,7 +157,7 @@ async def test_register_on_one_gateway_identify_on_another_impostors_refused(
     # The password is nowhere in Redis, and no gateway logged it (nor its hash).
     stored = everything_in_redis(rc, prefix)
     assert stored and not [v for v in stored if PASSWORD.encode() in v]
-    account = rc.hgetall(f"{prefix}account:alice")
+    account = rc.hgetall(f"{prefix}account:{ALICE}")
     assert account[b"hash"].startswith(b"$argon2id$v=19$m=19456,t=2,p=1$")
     for gw in (gw1, gw2):
         gw.stop()

@@ -56,6 +56,7 @@ import pytest
 import redis
 import trio
 
+from services.common.names import fold_nick
 from tests.faults.conftest import FAST
 from tests.support.chat_client import ChatClient
 from tests.support.gateway_process import GatewayProcess
@@ -196,7 +197,7 @@ def replay_room(room: str, lines: list[str], when: Callable[[int], str] = str
         if match is None:
             problems.append(f"{number}: unparsable event {line!r}")
             continue
-        nick, what = match["nick"].lower(), match["what"]
+        nick, what = fold_nick(match["nick"]), match["what"]
         before = last.get(nick, "none")
         if what in ("joined the chat!", f"joined {room}"):
             if nick in present:
@@ -207,7 +208,7 @@ def replay_room(room: str, lines: list[str], when: Callable[[int], str] = str
                 problems.append(f"{number}: {line!r} but {nick} is absent (last: {before!r})")
             present.discard(nick)
         elif renamed := RENAMED.match(what):
-            new = renamed["new"].lower()
+            new = fold_nick(renamed["new"])
             if nick not in present:
                 problems.append(f"{number}: {line!r} but {nick} is absent (last: {before!r})")
             if new in present:
@@ -468,7 +469,7 @@ async def run_chaos(
             for s in sessions:
                 if s.alive:
                     for room in s.rooms:
-                        rooms[room].add(s.nick.lower())
+                        rooms[room].add(fold_nick(s.nick))
             return rooms
 
         def redis_members() -> dict[str, set[str]]:
@@ -512,7 +513,7 @@ async def run_chaos(
                 got = await checker.conn.wait_for(rf"^== \d+ in {room}: ", mark)
                 assert got is not None, f"{checker.nick} lost its connection"
                 listed = checker.conn.lines[got].split(": ", 1)[1]
-                who[slot.gateway_id][room] = {n.lower() for n in listed.split(", ") if n}
+                who[slot.gateway_id][room] = {fold_nick(n) for n in listed.split(", ") if n}
 
         # A marker in every room: each watcher has seen all that came before it.
         for room, watcher in watchers.items():
@@ -541,7 +542,7 @@ async def run_chaos(
                     for name, view in views.items() if view != expected[room]
                 ))
 
-        live = {s.nick.lower(): s for s in sessions if s.alive}
+        live = {fold_nick(s.nick): s for s in sessions if s.alive}
         nicks = {k.decode() for k in oracle.hkeys(f"{PREFIX}nicks")}
         if nicks != set(live):
             problems.append(f"(b) {PREFIX}nicks: {sorted(nicks - set(live))} extra, "

@@ -10,6 +10,7 @@ import pytest
 import redis
 import trio
 
+from services.common.names import fold_nick
 from tests.conftest import StartGateway
 from tests.support.chat_client import ChatClient
 from tests.support.waiting import wait_until, wait_until_sync
@@ -62,7 +63,7 @@ async def test_idle_timeout_disconnects_with_a_reason(
     quiet = await ChatClient.join(gw.ports[0], "quiet")
     lines = await quiet.read_until_closed(timeout=10)
     assert lines[-1] == "!! disconnected: idle for 0.5s"
-    await wait_until_sync(lambda: not rc.hexists(f"{key_prefix}nicks", "quiet"))
+    await wait_until_sync(lambda: not rc.hexists(f"{key_prefix}nicks", fold_nick("quiet")))
 
 
 async def test_nick_timeout_disconnects_clients_that_never_choose(

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import trio
 
+from services.common.names import fold_nick
 from tests.faults.conftest import FAST
 from tests.support.chat_client import ChatClient
 from tests.support.gateway_process import GatewayProcess
@@ -46,11 +47,11 @@ async def test_restart_keeps_clients_reasserts_state_and_chat_resumes(
         while oracle.hlen("chat:nicks") < 2:
             await trio.sleep(0.05)
     assert oracle.hgetall("chat:nicks") == {
-        b"alice": f"{gw1.incarnation} alice".encode(),
+        fold_nick("alice").encode(): f"{gw1.incarnation} alice".encode(),
         b"bob": f"{gw2.incarnation} bob".encode(),
     }
     assert oracle.hgetall("chat:room:#dev:members") == {b"bob": b"bob"}
-    assert set(oracle.hkeys("chat:room:#lobby:members")) == {b"alice", b"bob"}
+    assert set(oracle.hkeys("chat:room:#lobby:members")) == {fold_nick("alice").encode(), b"bob"}
     await alice.send("after restart")
     await bob.expect(r"^#lobby <alice> after restart$", timeout=10)
     await alice.expect(r"^#lobby <alice> after restart$")
@@ -89,9 +90,9 @@ async def test_nickname_conflict_after_restart_renames_the_later_claimant(
     line = await alice.expect(r'^!! your nickname "alice" was taken', timeout=20)
     assert 'you are now "alice_"' in line
     oracle = fresh_redis.client()
-    assert oracle.hget("chat:nicks", "alice") == f"{gw2.incarnation} alice".encode()
+    assert oracle.hget("chat:nicks", fold_nick("alice")) == f"{gw2.incarnation} alice".encode()
     with trio.fail_after(10):
-        while oracle.hget("chat:nicks", "alice_") != f"{gw1.incarnation} alice_".encode():
+        while oracle.hget("chat:nicks", fold_nick("alice_")) != f"{gw1.incarnation} alice_".encode():
             await trio.sleep(0.05)
     await alice.send("still here")
     await intruder.seen(r"^#lobby <alice_> still here$")

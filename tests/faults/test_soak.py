@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from services.common.names import fold_nick
 from tests.faults.conftest import FAST
 from tests.support.chat_client import ChatClient
 from tests.support.gateway_process import GatewayProcess
@@ -114,7 +115,9 @@ async def test_soak_steady_traffic_with_churn(
 
     oracle = redis_server.client()
     online = {k.decode() for k in oracle.hkeys(f"{prefix}nicks")}
-    expected_online = {c.nick for c in senders + receivers} | set(connected_churners)
+    # Redis keys each nickname by its skeleton (services.common.names.fold_nick).
+    expected_online = {fold_nick(n) for n in [c.nick for c in senders + receivers if c.nick]
+                       + list(connected_churners)}
     with trio.fail_after(10):
         while online != expected_online:
             await trio.sleep(0.1)

@@ -10,6 +10,7 @@ import time
 import redis
 import trio
 
+from services.common.names import fold_nick
 from tests.conftest import StartGateway
 from tests.support.chat_client import ChatClient
 from tests.support.redis_server import RedisServer, free_port
@@ -48,9 +49,9 @@ async def test_taken_nickname_is_refused_case_insensitively_then_retry(
     await other.expect(r"^\?\? Choose a nickname:$")
     await other.send("bob")
     await other.expect(r"^== welcome, bob!")
-    assert rc.hget(f"{key_prefix}nicks", "alice") == f"{gw1.incarnation} Alice".encode()
+    assert rc.hget(f"{key_prefix}nicks", fold_nick("alice")) == f"{gw1.incarnation} Alice".encode()
     assert rc.hget(f"{key_prefix}nicks", "bob") == f"{gw2.incarnation} bob".encode()
-    assert rc.smembers(f"{key_prefix}gw:{gw1.incarnation}:nicks") == {b"alice"}
+    assert rc.smembers(f"{key_prefix}gw:{gw1.incarnation}:nicks") == {fold_nick("alice").encode()}
     await alice.aclose()
     await other.aclose()
 

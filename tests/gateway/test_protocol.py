@@ -128,5 +128,5 @@ def test_reject_messages_name_the_limit() -> None:
     assert p.reject_line(p.REJECT_BAD_UTF8, 10).startswith(b"!! ")
 
 
-def test_sanitize_strips_controls() -> None:
-    assert p.sanitize("a\x1b[2Jb\x07") == "a[2Jb"
+def test_sanitize_makes_controls_visible() -> None:
+    assert p.sanitize("a\x1b[2Jb\x07") == "a<U+001B>[2Jb<U+0007>"

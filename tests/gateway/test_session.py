@@ -12,6 +12,7 @@ import trio.testing
 
 from services.common.bus import PublishUncertain, Resolution
 from services.common.redis import CommandNotSent
+from services.gateway import protocol as p
 from services.gateway.commands import Commands
 from services.gateway.session import Session
 from tests.support.memory_chat import MemoryChat
@@ -191,4 +192,4 @@ async def test_unknown_commands_actions_help_and_quit(chat: MemoryChat) -> None:
     await alice.expect(r"^== bye$")
     await alice.closed()
     assert chat.published[-1] == ("#lobby", "msg", "alice", "/slash")
-    assert "alice" not in chat.nicks  # released when the session ended
+    assert p.fold_nick("alice") not in chat.nicks  # released when the session ended

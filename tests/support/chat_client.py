@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 
 import trio
 
@@ -16,7 +17,7 @@ class ChatClient:
     # Every client a test made, so a fixture can close the ones it forgot.
     open_clients: list[ChatClient] = []
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
         ChatClient.open_clients.append(self)
         self.stream = stream
         self.lines: list[str] = []
@@ -30,9 +31,27 @@ class ChatClient:
         return cls(await trio.open_tcp_stream(host, port))
 
     @classmethod
-    async def join(cls, port: int, nick: str, host: str = "127.0.0.1") -> ChatClient:
-        """Connect and choose ``nick``; returns once the welcome and own join arrived."""
-        client = await cls.connect(port, host)
+    async def connect_tls(
+        cls, port: int, context: ssl.SSLContext, host: str = "127.0.0.1",
+        server_hostname: str = "localhost",
+    ) -> ChatClient:
+        """Connect over TLS (the handshake done), verifying the server with ``context``."""
+        raw = await trio.open_tcp_stream(host, port)
+        stream = trio.SSLStream(raw, context, server_hostname=server_hostname)
+        try:
+            await stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(raw)
+            raise
+        return cls(stream)
+
+    @classmethod
+    async def join(
+        cls, port: int, nick: str, host: str = "127.0.0.1", *, tls: ssl.SSLContext | None = None
+    ) -> ChatClient:
+        """Connect (over TLS with ``tls``) and choose ``nick``; returns once the
+        welcome and own join arrived."""
+        client = await (cls.connect(port, host) if tls is None else cls.connect_tls(port, tls, host))
         await client.send(nick)
         await client.expect(rf"^== welcome, {re.escape(nick)}!")
         await client.expect(rf"^#\S+ -- {re.escape(nick)} joined the chat!$")
@@ -107,6 +126,9 @@ class ChatClient:
     def close_all(cls) -> None:
         """Close every client socket; runs after the test's Trio loop has ended."""
         while cls.open_clients:
-            sock = cls.open_clients.pop().stream.socket
+            stream = cls.open_clients.pop().stream
+            if isinstance(stream, trio.SSLStream):
+                stream = stream.transport_stream
+            sock = stream.socket
             if sock.fileno() >= 0:
                 os.close(sock.detach())

@@ -18,7 +18,12 @@ its type (see docs/OPERATIONS.md, section 3).
 
 Every decoder raises :class:`MalformedMessage` (a ``ValueError``) for anything
 it cannot take as the documented form, :class:`UnknownMessage` (a subclass) for
-a well-formed message of a type this version does not know.
+a well-formed message of a type this version does not know, and nothing else,
+whatever the bytes (non-JSON, invalid UTF-8, nesting deep enough to exhaust the
+parser, wrong types, missing fields, payloads over :data:`MAX_PAYLOAD_BYTES`,
+strings over :data:`MAX_TEXT_CHARS` or names over :data:`MAX_NAME_CHARS`).  A
+decoded string may still hold any character: formatting for a client makes it
+safe (``protocol.sanitize``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 CHAT_KINDS = frozenset({"msg", "act"})  # kept in a room's history, replayed on join
+
+# Bounds on what a decoder accepts: far above anything a gateway publishes (a
+# line is at most CHAT_MAX_LINE_BYTES, a nickname 32 characters), low enough
+# that one forged message cannot fill every member's output buffer.
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_TEXT_CHARS = 64 * 1024
+MAX_NAME_CHARS = 256  # nicknames, gateway ids, publication ids, kinds, types
+_NAME_FIELDS = frozenset({"k", "n", "g", "i", "t", "to", "from", "nick"})
 
 
 class MalformedMessage(ValueError):
@@ -50,10 +63,14 @@ def _dumps(value: dict[str, Any]) -> str:
 
 
 def _json_object(data: bytes | str) -> dict[str, Any]:
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise MalformedMessage(f"payload of {len(data)} bytes (at most {MAX_PAYLOAD_BYTES})")
     try:
         value = json.loads(data)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise MalformedMessage(f"not JSON: {exc}") from None
+    except RecursionError:  # "[[[[..." nested past the parser's stack
+        raise MalformedMessage("not JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise MalformedMessage(f"not a JSON object: {type(value).__name__}")
     return value
@@ -64,6 +81,9 @@ def _string(obj: dict[str, Any], name: str, default: str | None = None) -> str:
     if not isinstance(value, str):
         what = "missing" if name not in obj else f"not a string: {type(value).__name__}"
         raise MalformedMessage(f"field {name!r} {what}")
+    limit = MAX_NAME_CHARS if name in _NAME_FIELDS else MAX_TEXT_CHARS
+    if len(value) > limit:
+        raise MalformedMessage(f"field {name!r} has {len(value)} characters (at most {limit})")
     return value
 
 
@@ -103,12 +123,16 @@ def encode_publication(epoch: str, seq: int, room: str, body: str) -> bytes:
 
 def decode_publication(payload: bytes) -> Publication:
     """Parse ``b"<epoch> <seq> <room> <json>"``.  Raises :class:`MalformedMessage`."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise MalformedMessage(f"payload of {len(payload)} bytes (at most {MAX_PAYLOAD_BYTES})")
     parts = payload.split(b" ", 3)
     if len(parts) != 4:
         raise MalformedMessage("not '<epoch> <seq> <room> <json>'")
     epoch, seq, room, body = parts
     if not (epoch.isdigit() and seq.isdigit() and room):
         raise MalformedMessage("epoch and sequence must be decimal numbers, the room not empty")
+    if len(epoch) > 40 or len(seq) > 20:  # int() refuses numbers of thousands of digits
+        raise MalformedMessage("epoch or sequence number too long")
     data = _json_object(body)
     at = data.get("t", 0.0)
     if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):

@@ -4,6 +4,7 @@ documented ones, and anything malformed raises MalformedMessage, nothing else.""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -25,6 +26,7 @@ from services.common.bus import (
     encode_message,
     encode_publication,
 )
+from services.common.bus.codec import MAX_NAME_CHARS, MAX_PAYLOAD_BYTES, MAX_TEXT_CHARS
 
 # No deadline: the suite must pass on a loaded machine; no example database on disk.
 SETTINGS = settings(deadline=None, database=None, max_examples=200)
@@ -206,3 +208,66 @@ def test_any_input_to_the_message_decoders_decodes_or_raises_malformed_message(
             decode(data)
         except MalformedMessage:
             pass
+
+
+# -- hostile payloads: bounded, and still only MalformedMessage ------------------------------
+@pytest.mark.parametrize(
+    "decode", [decode_node_message, decode_broadcast, lambda d: decode_publication(b"1 2 #r " + d)]
+)
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 100_000,  # past the JSON parser's recursion limit
+        b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        b'{"t":"announce","text":"' + b"x" * (MAX_PAYLOAD_BYTES + 1) + b'"}',
+        b'{"t":"pm","to":"a","from":"' + b"n" * (MAX_NAME_CHARS + 1) + b'","text":"x"}',
+        b'{"t":"announce","text":"\xc3\x28"}',
+        b'{"t":"announce","text":"' + b"x" * (MAX_TEXT_CHARS + 1) + b'"}',
+        b'{"k":"msg","n":"' + b"n" * (MAX_NAME_CHARS + 1) + b'"}',
+        b"\xef\xbb\xbf[1]",
+        "[1]".encode("utf-16"),
+    ],
+)
+def test_hostile_payloads_raise_malformed_message(decode: Any, data: bytes) -> None:
+    with pytest.raises(MalformedMessage):
+        decode(data)
+
+
+def test_numbers_too_long_for_int_are_malformed() -> None:
+    with pytest.raises(MalformedMessage):
+        decode_publication(b"1 " + b"9" * 5000 + b' #r {"k":"msg","n":"a"}')
+    with pytest.raises(MalformedMessage):
+        decode_publication(b"9" * 5000 + b' 1 #r {"k":"msg","n":"a"}')
+
+
+# Valid envelopes with one part broken: a field's bytes replaced by hostile ones.
+hostile_bytes = st.sampled_from(
+    [b"\xff", b"\xc3", b"\xed\xa0\x80", b"\\ud800", b"[" * 3000, b"1e999", b"-1", b"9" * 30,
+     b'"', b"\\", b"\x00", b"}", b"{", b"null", b"true", "\u202e".encode(), b"\\u2028"]
+)
+
+
+@SETTINGS
+@given(
+    st.sampled_from(["kick", "pm", "announce", "canary", "x"]),
+    st.lists(st.tuples(st.sampled_from(["t", "nick", "reason", "to", "from", "text"]),
+                       st.lists(hostile_bytes | st.binary(max_size=8), max_size=4)), max_size=5),
+)
+def test_broken_envelopes_decode_or_raise_malformed_message(
+    kind: str, fields: list[tuple[str, list[bytes]]]
+) -> None:
+    body = b'{"t":"' + kind.encode() + b'"'
+    for name, parts in fields:
+        body += b',"' + name.encode() + b'":"' + b"".join(parts) + b'"'
+    body += b"}"
+    for decode in (decode_node_message, decode_broadcast):
+        try:
+            decoded = decode(body)
+        except MalformedMessage:
+            continue
+        assert isinstance(decoded, Canary | Kick | PrivateMessage | Announce)
+    try:
+        pub = decode_publication(b"1 2 #r " + body.replace(b'"t"', b'"k"'))
+    except MalformedMessage:
+        return
+    assert isinstance(pub.kind, str) and isinstance(pub.nick, str)
