@@ -298,6 +298,28 @@ class Settings:
         "comma-separated networks allowed to send PROXY headers",
         metavar="CIDRS",
     )
+    # -- memory bounds: Redis per room (issue 10) -------------------------------------
+    room_ttl_s: float = _setting(
+        "10800",
+        parse_duration,
+        "an empty room's sequence counter, log and history expire this long after its"
+        " last member left (a join keeps them)",
+        metavar="SECONDS",
+    )
+    room_log_bytes: int = _setting(
+        "1048576",
+        parse_positive_int,
+        "most bytes a room's log (its last 2000 publications, for gap filling) keeps in"
+        " Redis; the oldest entries go first",
+        metavar="N",
+    )
+    room_history_bytes: int = _setting(
+        "262144",
+        parse_positive_int,
+        "most bytes a room's history (its last 500 chat lines, replayed on join) keeps"
+        " in Redis; the oldest entries go first",
+        metavar="N",
+    )
 
     def __post_init__(self) -> None:
         if self.gateway_id is None:
@@ -307,7 +329,8 @@ class Settings:
                 "heartbeat_ttl_s must be longer than heartbeat_interval_s "
                 f"({self.heartbeat_ttl_s} <= {self.heartbeat_interval_s})"
             )
-        for name in ("redis_timeout_s", "heartbeat_interval_s", "heartbeat_ttl_s", "drain_timeout_s"):
+        for name in ("redis_timeout_s", "heartbeat_interval_s", "heartbeat_ttl_s", "drain_timeout_s",
+                     "room_ttl_s"):
             value = getattr(self, name)
             if not 0 < value < math.inf:
                 raise ConfigError(

@@ -88,7 +88,9 @@ class Gateway:
             on_state=self._on_redis_state,
             on_reconnect=self._on_subscriber_reconnect,
         )
-        self.bus = Bus(self.redis, self.keys, self.incarnation)
+        self.bus = Bus(self.redis, self.keys, self.incarnation, room_ttl_s=settings.room_ttl_s,
+                       log_bytes=settings.room_log_bytes,
+                       history_bytes=settings.room_history_bytes)
         self.outcomes = Outcomes(
             self.bus, self.spawn, lambda: self.redis.connected and self.subscriber.connected
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 import time
 from typing import Any
 
@@ -37,9 +38,14 @@ from services.common.redis import (
 REPLAY_WINDOW = 2000
 HISTORY_KEEP = 500  # the largest CHAT_HISTORY_SIZE
 
-# An empty room's sequence counter, history and log are kept this long, then
-# expire, so rooms used once do not stay in Redis forever.  Joining removes the expiry.
-ROOM_RETENTION_S = 7 * 24 * 3600
+# An empty room's sequence counter, history, log and sizes are kept this long
+# (CHAT_ROOM_TTL_S), then expire, so rooms used once do not stay in Redis.  Joining
+# removes the expiry: a room with members never expires.
+ROOM_RETENTION_S = 3 * 3600
+# The most bytes a room's log and history hold (CHAT_ROOM_LOG_BYTES,
+# CHAT_ROOM_HISTORY_BYTES), whatever their entry counts: the oldest entries go first.
+LOG_BYTES = 1024 * 1024
+HISTORY_BYTES = 256 * 1024
 
 
 class ClaimResult(enum.IntEnum):
@@ -96,10 +102,18 @@ class Bus:
     _reap = Script("reap")
     _resolve = Script("resolve")
 
-    def __init__(self, redis: RedisClient, keys: Keys, gateway_id: str) -> None:
+    def __init__(
+        self, redis: RedisClient, keys: Keys, gateway_id: str, *,
+        room_ttl_s: float = ROOM_RETENTION_S, log_bytes: int = LOG_BYTES,
+        history_bytes: int = HISTORY_BYTES,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.gateway_id = gateway_id
+        # EXPIRE takes whole seconds; never 0, which would delete at once.
+        self.room_ttl_s = max(1, math.ceil(room_ttl_s))
+        self.log_bytes = log_bytes
+        self.history_bytes = history_bytes
         self.clock_offset_s = 0.0  # Redis's clock minus ours (see sync_clock)
         self._pub_ids = itertools.count(1)
 
@@ -142,7 +156,7 @@ class Bus:
             [
                 folded, owner_record(self.gateway_id, nick),
                 encode_body("leave", nick, reason, self.gateway_id),
-                REPLAY_WINDOW, ROOM_RETENTION_S, *k.room_patterns(),
+                REPLAY_WINDOW, self.room_ttl_s, *k.room_patterns(), self.log_bytes,
             ],
         )
         return bool(reply)
@@ -166,7 +180,7 @@ class Bus:
             [
                 old_folded, owner_record(self.gateway_id, old),
                 new_folded, owner_record(self.gateway_id, new),
-                new, *k.room_patterns(), body, REPLAY_WINDOW,
+                new, *k.room_patterns(), body, REPLAY_WINDOW, self.log_bytes,
             ],
         )
         return RenameResult(int(reply))
@@ -194,8 +208,8 @@ class Bus:
         return int(await self._join(
             self.redis,
             [k.room_seq(room), k.room_history(room), k.room_log(room), k.room_members(room),
-             k.rooms, k.nick_rooms(folded), k.epoch],
-            [room, folded, nick, k.room_channel(room), body, REPLAY_WINDOW],
+             k.rooms, k.nick_rooms(folded), k.epoch, k.room_bytes(room)],
+            [room, folded, nick, k.room_channel(room), body, REPLAY_WINDOW, self.log_bytes],
         ))
 
     async def leave_room(self, room: str, folded: str, nick: str = "", announce: str = "") -> bool:
@@ -207,8 +221,9 @@ class Bus:
         return bool(await self._leave(
             self.redis,
             [k.room_members(room), k.room_seq(room), k.room_history(room), k.room_log(room),
-             k.rooms, k.nick_rooms(folded), k.epoch],
-            [room, folded, ROOM_RETENTION_S, k.room_channel(room), body, REPLAY_WINDOW],
+             k.rooms, k.nick_rooms(folded), k.epoch, k.room_bytes(room)],
+            [room, folded, self.room_ttl_s, k.room_channel(room), body, REPLAY_WINDOW,
+             self.log_bytes],
         ))
 
     async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int:
@@ -237,9 +252,11 @@ class Bus:
             k = self.keys
             reply = await self._publish(
                 self.redis,
-                [k.epoch, k.room_seq(room), k.room_log(room), k.room_history(room)],
+                [k.epoch, k.room_seq(room), k.room_log(room), k.room_history(room),
+                 k.room_members(room), k.room_bytes(room)],
                 [k.room_channel(room), room, body, REPLAY_WINDOW, deadline_ms,
-                 HISTORY_KEEP if kind in CHAT_KINDS else 0],
+                 HISTORY_KEEP if kind in CHAT_KINDS else 0, self.log_bytes,
+                 self.history_bytes, self.room_ttl_s],
             )
         except CommandNotSent:
             raise
@@ -345,8 +362,8 @@ class Bus:
             self.redis,
             [k.gateways, k.gateway_alive(dead_gateway), k.gateway_nicks(dead_gateway),
              k.gateway_info(dead_gateway), k.nicks, k.epoch, k.rooms],
-            [dead_gateway, REPLAY_WINDOW, time.time(), 1 if force else 0, ROOM_RETENTION_S,
-             k.nick_rooms_pattern, *k.room_patterns()],
+            [dead_gateway, REPLAY_WINDOW, time.time(), 1 if force else 0, self.room_ttl_s,
+             k.nick_rooms_pattern, *k.room_patterns(), self.log_bytes],
         )
         return [r.decode() for r in released]
 

@@ -9,27 +9,31 @@
 -- KEYS[5] rooms                 Keys.rooms
 -- KEYS[6] the nick's rooms      Keys.nick_rooms(folded)
 -- KEYS[7] epoch                 Keys.epoch
+-- KEYS[8] the room's sizes      Keys.room_bytes(room)
 -- ARGV[1] room name
 -- ARGV[2] folded nick
 -- ARGV[3] display nick
 -- ARGV[4] the room's channel    Keys.room_channel(room)
 -- ARGV[5] the announcement's JSON envelope (codec.encode_body), or '' for none
 -- ARGV[6] log length kept       REPLAY_WINDOW
+-- ARGV[7] log bytes kept        CHAT_ROOM_LOG_BYTES
 --
 -- Returns the announcement's sequence number, or 0 when nothing was announced
 -- (none asked for, or the nick was a member already: joining twice is silent).
--- The room's counter, history and log lose the expiry they got when the room
--- last emptied.
+-- The room's counter, history, log and sizes lose the expiry they got when the
+-- room last emptied: a room with members never expires.
 -- include: _rooms.lua
 
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
 redis.call('PERSIST', KEYS[3])
+redis.call('PERSIST', KEYS[8])
 local added = redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[1])
 redis.call('SADD', KEYS[6], ARGV[1])
 if added == 1 and ARGV[5] ~= '' then
-  local r = {seq = KEYS[1], history = KEYS[2], log = KEYS[3], channel = ARGV[4]}
-  return publish_room(KEYS[7], r, ARGV[1], ARGV[5], tonumber(ARGV[6]), 0)
+  local r = {seq = KEYS[1], history = KEYS[2], log = KEYS[3], channel = ARGV[4], bytes = KEYS[8]}
+  local seq = publish_room(KEYS[7], r, ARGV[1], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), 0, 0)
+  return seq
 end
 return 0

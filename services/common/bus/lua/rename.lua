@@ -12,10 +12,14 @@
 -- ARGV[3] new folded nick
 -- ARGV[4] new owner record      keys.owner_record(gateway, new display nick)
 -- ARGV[5] new display nick
--- ARGV[6..10] room patterns     Keys.room_patterns(): each room's keys are derived
+-- ARGV[6..11] room patterns     Keys.room_patterns(): each room's keys are derived
 --                               from them (the documented exception)
--- ARGV[11] the announcement's JSON envelope (codec.encode_body, kind "nick")
--- ARGV[12] log length kept      REPLAY_WINDOW
+-- ARGV[12] the announcement's JSON envelope (codec.encode_body, kind "nick")
+-- ARGV[13] log length kept      REPLAY_WINDOW
+-- ARGV[14] log bytes kept       CHAT_ROOM_LOG_BYTES
+--
+-- A rename empties no room (each keeps the member under its new name), so the
+-- rooms' keys stay without expiry.
 --
 -- Returns (RenameResult) 1 renamed, 0 the new nick is taken, -1 the old nick is
 -- not (or no longer) this record's.
@@ -44,6 +48,7 @@ else
   end
 end
 for _, room in ipairs(rooms) do
-  publish_room(KEYS[5], room_keys(6, room), room, ARGV[11], tonumber(ARGV[12]), 0)
+  publish_room(KEYS[5], room_keys(6, room), room, ARGV[12], tonumber(ARGV[13]),
+               tonumber(ARGV[14]), 0, 0)
 end
 return 1
