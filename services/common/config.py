@@ -298,7 +298,7 @@ class Settings:
         "comma-separated networks allowed to send PROXY headers",
         metavar="CIDRS",
     )
-    # -- memory bounds: Redis per room (issue 10) -------------------------------------
+    # -- memory bounds: Redis per room, gateway output buffers in total (issue 10) --
     room_ttl_s: float = _setting(
         "10800",
         parse_duration,
@@ -318,6 +318,13 @@ class Settings:
         parse_positive_int,
         "most bytes a room's history (its last 500 chat lines, replayed on join) keeps"
         " in Redis; the oldest entries go first",
+        metavar="N",
+    )
+    outbox_total_bytes: int = _setting(
+        "268435456",
+        parse_positive_int,
+        "output bytes waiting for all clients of this gateway together; past it the"
+        " clients furthest behind are disconnected",
         metavar="N",
     )
 
@@ -340,6 +347,11 @@ class Settings:
             raise ConfigError(f"CHAT_HISTORY_SIZE must be at most 500, got {self.history_size}")
         if self.flood_rate <= 0:
             raise ConfigError("flood_rate must be positive")
+        if self.outbox_total_bytes < self.outbox_bytes:
+            raise ConfigError(
+                f"CHAT_OUTBOX_TOTAL_BYTES ({self.outbox_total_bytes}) must be at least"
+                f" CHAT_OUTBOX_BYTES ({self.outbox_bytes})"
+            )
 
 
 ENV_PREFIX = "CHAT_"

@@ -77,7 +77,7 @@ class Session:
         self._rooms: list[str] = []  # joined rooms; the last one is the current room
         self.writer = Writer(
             stream, self.settings.outbox_bytes, on_overflow=self._overflowed,
-            on_broken=self._broken, spawn=chat.spawn,
+            on_broken=self._broken, spawn=chat.spawn, budget=chat.outbox_budget,
         )
         self.scope = trio.CancelScope()
         self.close_reason: str | None = None  # set when the server ends the session
@@ -143,6 +143,17 @@ class Session:
         self.scope.cancel()  # the client is gone: nobody to tell why
 
     def _overflowed(self) -> None:
+        if self.writer.budget_cut:
+            total = self.settings.outbox_total_bytes
+            self.chat.count_outbox_budget_cut()
+            self.log.warning("client.outbox_budget_cut", total_limit=total,
+                             waiting=self.writer.cut_waiting)
+            self.disconnect(
+                f"output buffers full (this server's {total} bytes for all clients; you"
+                f" were furthest behind with {self.writer.cut_waiting} bytes waiting):"
+                " you are not reading fast enough"
+            )
+            return
         self.chat.count_slow_consumer()
         self.log.warning(
             "client.slow_consumer", outbox_limit=self.settings.outbox_bytes
@@ -340,13 +351,8 @@ class Session:
             final = (b"\r\n" if self.writer.overflowed else final) + p.error(
                 f"disconnected: {self.close_reason}"
             )
-        self.writer.close()
-        # A slow consumer reads its reason only once it reads again: wait a while.
-        with trio.move_on_after(FAREWELL_TIMEOUT_S):
-            try:
-                if final:
-                    await self.stream.send_all(final)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        # A slow consumer reads its reason only once it reads again: wait a while
+        # (cut short if the gateway's output budget needs the bytes).
+        await self.writer.send_last(final, FAREWELL_TIMEOUT_S)
         await trio.aclose_forcefully(self.stream)
 
