@@ -259,7 +259,7 @@ class Session:
             return
         except RedisError as exc:
             self.log.warning("message.not_delivered", room=room, error=str(exc))
-            self.deliver(p.NOT_DELIVERED)
+            self.deliver(p.not_delivered(str(exc)))
             return
         self.last_published = (room, seq)
         self.chat.count_message_in()
@@ -301,7 +301,7 @@ class Session:
             claimed = await self.chat.claim_nick(self, folded, nick)
         except RedisError as exc:
             self.log.warning("nick.unavailable", attempted=nick, error=str(exc))
-            self.deliver(p.UNAVAILABLE)
+            self.deliver(p.unavailable(str(exc)))
             self.deliver(p.NICK_PROMPT)
             return None
         if not claimed:
@@ -326,7 +326,7 @@ class Session:
                     pass  # re-assertion or the lease reaper releases it later
             self.nick = self.folded = None
             self.rebind()
-            self.deliver(p.UNAVAILABLE)
+            self.deliver(p.unavailable(str(exc)))
             self.deliver(p.NICK_PROMPT)
         return None
 

@@ -329,10 +329,16 @@ class Bus:
     async def heartbeat(self, ttl_s: float, info: dict[str, str | int]) -> bool:
         """Renew this gateway's lease.  ``False`` when the lease had lapsed (or Redis
         lost it): other gateways may have released our users meanwhile.
-        Raises :class:`RedisError`, error replies included."""
+        Raises :class:`RedisError`, error replies included.
+
+        The lease is renewed with ``PEXPIRE``, which Redis allows at ``maxmemory``
+        under ``noeviction`` (``SET`` is refused there), so a Redis out of memory
+        does not make every gateway look dead; only a lapsed lease is set anew."""
         now = time.time()
+        alive = self.keys.gateway_alive(self.gateway_id)
+        ttl_ms = int(ttl_s * 1000)
         commands: list[tuple[Arg, ...]] = [
-            ("SET", self.keys.gateway_alive(self.gateway_id), "1", "PX", int(ttl_s * 1000), "GET"),
+            ("PEXPIRE", alive, ttl_ms),
             ("ZADD", self.keys.gateways, now, self.gateway_id),
         ]
         if info:
@@ -341,8 +347,12 @@ class Bus:
                 flat += [k, v]
             commands.append(("HSET", self.keys.gateway_info(self.gateway_id), *flat))
         replies = await self.redis.pipeline(commands)
-        _raise_first_error(replies)
-        return replies[0] is not None
+        _raise_first_error(replies[:1])
+        held = int(replies[0]) == 1
+        if not held:
+            await self.redis.execute("SET", alive, "1", "PX", ttl_ms)
+        _raise_first_error(replies[1:])
+        return held
 
     async def dead_gateways(self) -> list[str]:
         """Gateways listed in the registry whose lease key is gone."""
