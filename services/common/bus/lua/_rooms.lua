@@ -43,20 +43,33 @@ end
 -- at most `keep` entries and at most `max_bytes` bytes (the newest entry always
 -- stays).  The list's byte total is field `field` of the hash `sizes`; a total
 -- that went missing (or never existed for an older list) is counted again once.
--- Returns true when this call created the list or its total.
+-- Three calls when the list is full by entries (RPUSH, LPOP, HINCRBY); more only
+-- when the bytes are over.  Returns true when this call created the list or its total.
 local function push_capped(list, sizes, field, payload, keep, max_bytes)
   local len = redis.call('RPUSH', list, payload)
-  local total = redis.call('HINCRBY', sizes, field, #payload)
   local created = len == 1
-  if len > 1 and total == #payload then
+  local delta = #payload
+  if len == keep + 1 then  -- the usual case once the list is full
+    delta = delta - #redis.call('LPOP', list)
+    len = keep
+  elseif len > keep then
+    for _, entry in ipairs(redis.call('LPOP', list, len - keep)) do delta = delta - #entry end
+    len = keep
+  end
+  local total = redis.call('HINCRBY', sizes, field, delta)
+  if len > 1 and total <= #payload then
+    -- the newest entry alone is #payload bytes: the total was missing
     total = 0
     for _, entry in ipairs(redis.call('LRANGE', list, 0, -1)) do total = total + #entry end
     redis.call('HSET', sizes, field, total)
     created = true
   end
-  while len > keep or (total > max_bytes and len > 1) do
-    total = redis.call('HINCRBY', sizes, field, -#redis.call('LPOP', list))
-    len = len - 1
+  if total > max_bytes and len > 1 then
+    while total > max_bytes and len > 1 do
+      total = total - #redis.call('LPOP', list)
+      len = len - 1
+    end
+    redis.call('HSET', sizes, field, total)
   end
   return created
 end
@@ -66,11 +79,12 @@ end
 -- `keep` entries and `log_bytes` bytes; keep 0: not logged) and, when
 -- `history_keep` > 0, to its history (at most that many entries and
 -- `history_bytes` bytes).  `r` holds the room's keys (see room_keys).  Returns
--- seq, and whether this call created any of the room's keys.
+-- seq, whether this call created any of the room's keys, and the epoch.
 local function publish_room(epoch_key, r, room, body, keep, log_bytes, history_keep, history_bytes)
   local seq = redis.call('INCR', r.seq)
   local created = seq == 1
-  local payload = epoch(epoch_key) .. ' ' .. seq .. ' ' .. room .. ' ' .. body
+  local e = epoch(epoch_key)
+  local payload = e .. ' ' .. seq .. ' ' .. room .. ' ' .. body
   if keep > 0 and push_capped(r.log, r.bytes, 'log', payload, keep, log_bytes) then
     created = true
   end
@@ -79,7 +93,7 @@ local function publish_room(epoch_key, r, room, body, keep, log_bytes, history_k
     created = true
   end
   redis.call('PUBLISH', r.channel, payload)
-  return seq, created
+  return seq, created, e
 end
 
 -- Let a room's counter, history, log and byte totals expire after `retention`

@@ -30,7 +30,7 @@ if deadline > 0 then
   if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then return 0 end
 end
 local r = {seq = KEYS[2], log = KEYS[3], history = KEYS[4], channel = ARGV[1], bytes = KEYS[6]}
-local seq, created = publish_room(KEYS[1], r, ARGV[2], ARGV[3], tonumber(ARGV[4]),
-                                  tonumber(ARGV[7]), tonumber(ARGV[6]), tonumber(ARGV[8]))
+local seq, created, e = publish_room(KEYS[1], r, ARGV[2], ARGV[3], tonumber(ARGV[4]),
+                                     tonumber(ARGV[7]), tonumber(ARGV[6]), tonumber(ARGV[8]))
 if created and redis.call('EXISTS', KEYS[5]) == 0 then expire_room(r, tonumber(ARGV[9])) end
-return {seq, redis.call('GET', KEYS[1])}
+return {seq, e}
