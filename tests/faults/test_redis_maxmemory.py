@@ -33,6 +33,9 @@ async def test_a_full_redis_gives_clear_lines_and_the_gateway_carries_on(
     await alice.expect(r"^!! not delivered: Redis is out of memory; your line was not sent$")
     await alice.send("/nick alicia")
     await alice.expect(FULL)
+    await alice.send("/join #new")  # a join is refused whole, not run past the limit
+    await alice.expect(FULL)
+    assert not oracle.exists("chat:room:#new:members")
     carl = await ChatClient.connect(gw.port)
     await carl.send("carl")
     await carl.expect(FULL)

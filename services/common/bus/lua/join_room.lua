@@ -24,11 +24,13 @@
 -- room last emptied: a room with members never expires.
 -- include: _rooms.lua
 
+-- HSET first: at maxmemory (noeviction) Redis refuses it before anything changed,
+-- so a join is refused whole rather than run past the limit.
+local added = redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
 redis.call('PERSIST', KEYS[3])
 redis.call('PERSIST', KEYS[8])
-local added = redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[1])
 redis.call('SADD', KEYS[6], ARGV[1])
 if added == 1 and ARGV[5] ~= '' then
