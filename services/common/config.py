@@ -429,6 +429,35 @@ class Settings:
         "how long failed password attempts are counted (from the first one)",
         metavar="SECONDS",
     )
+    # -- memory bounds: Redis per room, gateway output buffers in total (issue 10) --
+    room_ttl_s: float = _setting(
+        "10800",
+        parse_duration,
+        "an empty room's sequence counter, log and history expire this long after its"
+        " last member left (a join keeps them)",
+        metavar="SECONDS",
+    )
+    room_log_bytes: int = _setting(
+        "1048576",
+        parse_positive_int,
+        "most bytes a room's log (its last 2000 publications, for gap filling) keeps in"
+        " Redis; the oldest entries go first",
+        metavar="N",
+    )
+    room_history_bytes: int = _setting(
+        "262144",
+        parse_positive_int,
+        "most bytes a room's history (its last 500 chat lines, replayed on join) keeps"
+        " in Redis; the oldest entries go first",
+        metavar="N",
+    )
+    outbox_total_bytes: int = _setting(
+        "268435456",
+        parse_positive_int,
+        "output bytes waiting for all clients of this gateway together; past it the"
+        " clients furthest behind are disconnected",
+        metavar="N",
+    )
 
     def __post_init__(self) -> None:
         if self.gateway_id is None:
@@ -438,7 +467,8 @@ class Settings:
                 "heartbeat_ttl_s must be longer than heartbeat_interval_s "
                 f"({self.heartbeat_ttl_s} <= {self.heartbeat_interval_s})"
             )
-        for name in ("redis_timeout_s", "heartbeat_interval_s", "heartbeat_ttl_s", "drain_timeout_s"):
+        for name in ("redis_timeout_s", "heartbeat_interval_s", "heartbeat_ttl_s", "drain_timeout_s",
+                     "room_ttl_s"):
             value = getattr(self, name)
             if not 0 < value < math.inf:
                 raise ConfigError(
@@ -469,6 +499,11 @@ class Settings:
             raise ConfigError(
                 "CHAT_TLS_HANDSHAKE_TIMEOUT_S must be a positive, finite number of seconds, "
                 f"got {self.tls_handshake_timeout_s}"
+            )
+        if self.outbox_total_bytes < self.outbox_bytes:
+            raise ConfigError(
+                f"CHAT_OUTBOX_TOTAL_BYTES ({self.outbox_total_bytes}) must be at least"
+                f" CHAT_OUTBOX_BYTES ({self.outbox_bytes})"
             )
 
 

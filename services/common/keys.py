@@ -16,6 +16,7 @@ Keys
 ``{p}room:{room}:seq``         STRING per-room publication sequence (INCR)
 ``{p}room:{room}:history``     LIST  the room's last chat lines and actions (replayed on join)
 ``{p}room:{room}:log``         LIST  every recent publication of the room (for gap filling)
+``{p}room:{room}:bytes``       HASH  ``log``, ``history``: the bytes each of those lists holds
 ``{p}epoch``                   STRING changes when Redis lost its data; part of every publication
 ``{p}rooms-by-size``           ZSET  rooms that currently have members, scored by minus
                                      their member count (largest first in ZRANGE)
@@ -110,6 +111,9 @@ class Keys:
     def room_log(self, room: str) -> str:
         return f"{self.prefix}room:{room}:log"
 
+    def room_bytes(self, room: str) -> str:
+        return f"{self.prefix}room:{room}:bytes"
+
     def nick_rooms(self, folded_nick: str) -> str:
         return f"{self.prefix}nick:{folded_nick}:rooms"
 
@@ -159,6 +163,10 @@ class Keys:
         return self.room_log(WILDCARD)
 
     @property
+    def room_bytes_pattern(self) -> str:
+        return self.room_bytes(WILDCARD)
+
+    @property
     def room_channel_pattern(self) -> str:
         return self.room_channel(WILDCARD)
 
@@ -166,15 +174,16 @@ class Keys:
     def nick_rooms_pattern(self) -> str:
         return self.nick_rooms(WILDCARD)
 
-    def room_patterns(self) -> tuple[str, str, str, str, str]:
-        """A room's members, seq, history and log keys and its channel, as patterns,
-        in the order the scripts' ``room_keys`` helper reads them."""
+    def room_patterns(self) -> tuple[str, str, str, str, str, str]:
+        """A room's members, seq, history and log keys, its channel and its bytes
+        key, as patterns, in the order the scripts' ``room_keys`` helper reads them."""
         return (
             self.room_members_pattern,
             self.room_seq_pattern,
             self.room_history_pattern,
             self.room_log_pattern,
             self.room_channel_pattern,
+            self.room_bytes_pattern,
         )
 
 

@@ -115,6 +115,18 @@ class Metrics:
             ["channel"],
             registry=registry,
         )
+        self.outbox_budget_disconnects_total: Final = Counter(
+            "chat_outbox_budget_disconnects_total",
+            "Clients disconnected because all clients' output together reached"
+            " CHAT_OUTBOX_TOTAL_BYTES (they were furthest behind)",
+            registry=registry,
+        )
+        self.outbox_queued_bytes: Final = Gauge(
+            "chat_outbox_queued_bytes",
+            "Output bytes held for all clients together (queued or being written),"
+            " bounded by CHAT_OUTBOX_TOTAL_BYTES",
+            registry=registry,
+        )
         self.redis_reconnects_total: Final = Counter(
             "chat_redis_reconnects_total",
             "Reconnections to Redis, by connection (command or subscriber)",

@@ -113,7 +113,7 @@ class Commands:
             return await handler(caller, command.arg)
         except RedisError as exc:
             caller.log.warning("command.failed", command=command.name, error=str(exc))
-            caller.deliver(p.UNAVAILABLE)
+            caller.deliver(p.unavailable(str(exc)))
             return None
 
     async def help(self, caller: Caller, arg: str) -> str | None:

@@ -56,6 +56,7 @@ from services.gateway.registry import Nicknames
 from services.gateway.rooms import Rooms
 from services.gateway.server import Server
 from services.gateway.session import Session
+from services.gateway.writer import OutboxBudget
 
 log = structlog.get_logger()
 
@@ -77,6 +78,10 @@ class Gateway:
         self.incarnation = incarnation_id(self.gateway_id, os.urandom(4).hex())
         self.keys = Keys(settings.key_prefix)
         self.metrics = Metrics(self.gateway_id)
+        # Every client's output bytes together: N clients that stop reading cannot
+        # hold more than this between them (the furthest behind are cut first).
+        self.outbox_budget = OutboxBudget(settings.outbox_total_bytes)
+        self.metrics.outbox_queued_bytes.set_function(lambda: self.outbox_budget.used)
         self._nursery: trio.Nursery | None = None
         self.redis = RedisClient(
             settings.redis_url,
@@ -94,7 +99,9 @@ class Gateway:
             on_state=self._on_redis_state,
             on_reconnect=self._on_subscriber_reconnect,
         )
-        self.bus = Bus(self.redis, self.keys, self.incarnation)
+        self.bus = Bus(self.redis, self.keys, self.incarnation, room_ttl_s=settings.room_ttl_s,
+                       log_bytes=settings.room_log_bytes,
+                       history_bytes=settings.room_history_bytes)
         self.outcomes = Outcomes(
             self.bus, self.spawn, lambda: self.redis.connected and self.subscriber.connected
         )
@@ -276,6 +283,9 @@ class Gateway:
 
     def count_slow_consumer(self) -> None:
         self.metrics.slow_consumer_disconnects_total.inc()
+
+    def count_outbox_budget_cut(self) -> None:
+        self.metrics.outbox_budget_disconnects_total.inc()
 
     def count_message_in(self) -> None:
         self.metrics.messages_in_total.inc()

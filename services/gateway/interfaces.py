@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from services.common.bus import ClaimResult, PublishUncertain, Resolution
 from services.common.config import Settings
 from services.gateway.accounts import Checked
-from services.gateway.writer import Writer
+from services.gateway.writer import OutboxBudget, Writer
 
 
 class Member(Protocol):
@@ -62,6 +62,7 @@ class Chat(Protocol):
 
     settings: Settings
     gateway_id: str
+    outbox_budget: OutboxBudget  # every client's output bytes together, against one limit
 
     @property
     def available(self) -> bool:
@@ -73,6 +74,8 @@ class Chat(Protocol):
     def count_rejected(self, reason: str) -> None: ...
 
     def count_slow_consumer(self) -> None: ...
+
+    def count_outbox_budget_cut(self) -> None: ...
 
     def count_message_in(self) -> None: ...
 

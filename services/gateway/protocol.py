@@ -250,6 +250,19 @@ def missed_line(room: str, count: int) -> bytes:
 UNAVAILABLE = error("chat is unavailable right now (cannot reach Redis); try again shortly")
 NO_ROOM = error("you are in no room; /join #room to chat")
 NOT_DELIVERED = error("not delivered: chat is unavailable right now; your line was not sent")
+REDIS_FULL = error("chat is unavailable right now (Redis is out of memory); try again shortly")
+NOT_DELIVERED_FULL = error("not delivered: Redis is out of memory; your line was not sent")
+
+
+def unavailable(redis_error: str) -> bytes:
+    """The line telling a client that what it asked needs Redis, which refused or
+    could not be reached (``redis_error``: the error's text)."""
+    return REDIS_FULL if redis_error.startswith("OOM") else UNAVAILABLE
+
+
+def not_delivered(redis_error: str) -> bytes:
+    """The line telling a client its line was not sent, for that Redis error."""
+    return NOT_DELIVERED_FULL if redis_error.startswith("OOM") else NOT_DELIVERED
 NOT_CONFIRMED = error(
     "not confirmed: Redis did not say whether your line was sent; it may not have been delivered"
 )

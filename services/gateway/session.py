@@ -104,7 +104,7 @@ class Session:
         self._rooms: list[str] = []  # joined rooms; the last one is the current room
         self.writer = Writer(
             stream, self.settings.outbox_bytes, on_overflow=self._overflowed,
-            on_broken=self._broken, spawn=chat.spawn,
+            on_broken=self._broken, spawn=chat.spawn, budget=chat.outbox_budget,
         )
         self.scope = trio.CancelScope()
         self.close_reason: str | None = None  # set when the server ends the session
@@ -204,6 +204,17 @@ class Session:
         self.scope.cancel()  # the client is gone: nobody to tell why
 
     def _overflowed(self) -> None:
+        if self.writer.budget_cut:
+            total = self.settings.outbox_total_bytes
+            self.chat.count_outbox_budget_cut()
+            self.log.warning("client.outbox_budget_cut", total_limit=total,
+                             waiting=self.writer.cut_waiting)
+            self.disconnect(
+                f"output buffers full (this server's {total} bytes for all clients; you"
+                f" were furthest behind with {self.writer.cut_waiting} bytes waiting):"
+                " you are not reading fast enough"
+            )
+            return
         self.chat.count_slow_consumer()
         self.log.warning(
             "client.slow_consumer", outbox_limit=self.settings.outbox_bytes
@@ -324,7 +335,7 @@ class Session:
             return
         except RedisError as exc:
             self.log.warning("message.not_delivered", room=room, error=str(exc))
-            self.deliver(p.NOT_DELIVERED)
+            self.deliver(p.not_delivered(str(exc)))
             return
         self.last_published = (room, seq)
         self.chat.count_message_in()
@@ -385,7 +396,7 @@ class Session:
         except RedisError as exc:
             self.log.warning("nick.unavailable", attempted=nick, error=str(exc))
             self._not_counted()
-            self.deliver(p.UNAVAILABLE)
+            self.deliver(p.unavailable(str(exc)))
             self.deliver(p.NICK_PROMPT)
             return None
         if claimed is ClaimResult.REGISTERED and not password:
@@ -421,7 +432,7 @@ class Session:
             self.nick = self.folded = None
             self.rebind()
             self._not_counted()
-            self.deliver(p.UNAVAILABLE)
+            self.deliver(p.unavailable(str(exc)))
             self.deliver(p.NICK_PROMPT)
         return None
 
@@ -475,13 +486,8 @@ class Session:
             final = (b"\r\n" if self.writer.overflowed else final) + p.error(
                 f"disconnected: {self.close_reason}"
             )
-        self.writer.close()
-        # A slow consumer reads its reason only once it reads again: wait a while.
-        with trio.move_on_after(FAREWELL_TIMEOUT_S):
-            try:
-                if final:
-                    await self.stream.send_all(final)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        # A slow consumer reads its reason only once it reads again: wait a while
+        # (cut short if the gateway's output budget needs the bytes).
+        await self.writer.send_last(final, FAREWELL_TIMEOUT_S)
         await trio.aclose_forcefully(self.stream)
 

@@ -147,3 +147,18 @@ def test_invalid_configuration_exits_2_with_one_line(args: list[str], env: dict[
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("chat-gateway: error: "), proc.stderr
+
+
+def test_memory_bounds_defaults_match_the_bus_and_are_checked() -> None:
+    from services.common.bus import HISTORY_BYTES, LOG_BYTES, ROOM_RETENTION_S
+
+    s = Settings()
+    assert (s.room_ttl_s, s.room_log_bytes, s.room_history_bytes) == (
+        ROOM_RETENTION_S, LOG_BYTES, HISTORY_BYTES
+    )
+    assert s.outbox_total_bytes == 256 * 1024 * 1024
+    assert load_settings([], {"CHAT_ROOM_TTL_S": "60"}).room_ttl_s == 60
+    with pytest.raises(ConfigError, match="CHAT_ROOM_TTL_S must be a positive, finite"):
+        load_settings([], {"CHAT_ROOM_TTL_S": "inf"})
+    with pytest.raises(ConfigError, match=r"CHAT_OUTBOX_TOTAL_BYTES .* must be at least"):
+        load_settings([], {"CHAT_OUTBOX_TOTAL_BYTES": "1000", "CHAT_OUTBOX_BYTES": "2000"})

@@ -27,6 +27,7 @@ def test_every_name_is_the_documented_one() -> None:
     assert [k.room_members("#a"), k.room_seq("#a"), k.room_history("#a"), k.room_log("#a")] == [
         "chat:room:#a:members", "chat:room:#a:seq", "chat:room:#a:history", "chat:room:#a:log",
     ]
+    assert k.room_bytes("#a") == "chat:room:#a:bytes"
     assert k.nick_rooms("bob") == "chat:nick:bob:rooms"
     assert k.room_channel("#a") == "chat:room:#a"
     assert k.node_channel("g~1") == "chat:node:g~1"
@@ -37,9 +38,10 @@ def test_patterns_expand_to_the_same_names() -> None:
     k = Keys("x-1:")
     assert k.room_patterns() == (
         "x-1:room:*:members", "x-1:room:*:seq", "x-1:room:*:history", "x-1:room:*:log",
-        "x-1:room:*",
+        "x-1:room:*", "x-1:room:*:bytes",
     )
-    builders = [k.room_members, k.room_seq, k.room_history, k.room_log, k.room_channel]
+    builders = [k.room_members, k.room_seq, k.room_history, k.room_log, k.room_channel,
+                k.room_bytes]
     for pattern, build in zip(k.room_patterns(), builders, strict=True):
         assert pattern.replace(WILDCARD, "#r*") == build("#r*")  # the room may hold a '*'
     assert k.nick_rooms_pattern.replace(WILDCARD, "bob") == k.nick_rooms("bob")

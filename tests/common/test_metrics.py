@@ -30,6 +30,8 @@ def test_render_exposes_every_metric_with_its_initial_value() -> None:
         "chat_messages_in_total",
         "chat_deliveries_total",
         "chat_slow_consumer_disconnects_total",
+        "chat_outbox_budget_disconnects_total",
+        "chat_outbox_queued_bytes",
         "chat_redis_up",
         "chat_subscriber_up",
         "chat_publish_latency_seconds_count",

@@ -9,7 +9,7 @@ import re
 import redis
 import trio
 
-from services.common.bus import REPLAY_WINDOW, Script
+from services.common.bus import LOG_BYTES, REPLAY_WINDOW, Script
 from services.common.config import Settings, load_settings
 from services.common.keys import Keys, owner_record
 from services.gateway.commands import COMMAND_COSTS, LIST_BUFFER_FRACTION, LIST_LIMIT
@@ -153,8 +153,9 @@ async def test_rooms_with_15000_rooms_is_one_bounded_reply_in_two_commands(
             room = f"#r{i}"
             join(keys=[keys.room_seq(room), keys.room_history(room), keys.room_log(room),
                        keys.room_members(room), keys.rooms, keys.nick_rooms(f"m{i}"),
-                       keys.epoch],
-                 args=[room, f"m{i}", f"M{i}", keys.room_channel(room), "", REPLAY_WINDOW, 1],
+                       keys.epoch, keys.room_bytes(room)],
+                 args=[room, f"m{i}", f"M{i}", keys.room_channel(room), "", REPLAY_WINDOW, 1,
+                       LOG_BYTES],
                  client=pipe)
         pipe.execute()
     asker = await ChatClient.join(gw.ports[0], "asker")

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
-from services.gateway.writer import Writer
+from services.gateway.writer import PIECE_OVERHEAD, OutboxBudget, Writer
 
 
 class _Stream:
@@ -113,3 +114,116 @@ def test_overflow_refuses_and_reports_once(pair) -> None:  # type: ignore[no-unt
     assert not writer.put(b"more")
     assert overflows == [1]
     assert writer.overflowed and writer.take() == b""
+
+
+# -- the gateway's total budget ------------------------------------------------------------
+def _budgeted(sock: socket.socket, budget: OutboxBudget, cuts: list[Writer],
+              limit: int = 10**7) -> Writer:
+    writer: Writer
+
+    def overflowed() -> None:
+        cuts.append(writer)
+
+    writer = Writer(_Stream(sock), limit, on_overflow=overflowed,  # type: ignore[arg-type]
+                    on_broken=lambda: None, spawn=lambda fn, *args: None, budget=budget)
+    writer.start()
+    return writer
+
+
+def _stuck_pair() -> tuple[socket.socket, socket.socket]:
+    """A socket pair whose reader never reads, with small kernel buffers."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return a, b
+
+
+def test_the_total_never_passes_the_budget_and_the_furthest_behind_go_first() -> None:
+    budget = OutboxBudget(100_000)
+    cuts: list[Writer] = []
+    pairs = [_stuck_pair() for _ in range(4)]
+    reader_a, reader_b = socket.socketpair()
+    reader_a.setblocking(False)
+    try:
+        stuck = [_budgeted(a, budget, cuts) for a, _ in pairs]
+        reader = _budgeted(reader_a, budget, cuts)
+        # Backlogs of different sizes, then a stream of lines to everyone.
+        for i, writer in enumerate(stuck):
+            writer.put(b"b" * (5_000 * (i + 1)))
+        line = b"x" * 99 + b"\n"
+        for _ in range(400):
+            for writer in [*stuck, reader]:
+                writer.put(line)
+            assert budget.used <= budget.limit_bytes
+            assert budget.used == sum(w.charge for w in [*stuck, reader])
+            reader_b.recv(1 << 20)  # the reader keeps up
+        assert cuts and reader not in cuts
+        # The first cut was the one with the largest backlog.
+        assert cuts[0] is stuck[3] and cuts[0].budget_cut and cuts[0].cut_waiting > 0
+        assert all(w.overflowed and w.charge == 0 for w in cuts)
+        assert not reader.overflowed and reader.charge == 0
+        assert budget.cuts == len(cuts)
+    finally:
+        for a, b in [*pairs, (reader_a, reader_b)]:
+            a.close()
+            b.close()
+
+
+def test_a_clients_own_cap_is_not_a_budget_cut(pair) -> None:  # type: ignore[no-untyped-def]
+    a, _b = pair
+    budget = OutboxBudget(10**9)
+    cuts: list[Writer] = []
+    writer = _budgeted(a, budget, cuts, limit=10)
+    assert writer.queue(b"12345")
+    assert budget.used == 5 + PIECE_OVERHEAD
+    assert not writer.queue(b"678901")
+    assert cuts == [writer] and not writer.budget_cut
+    assert budget.used == 0 and budget.cuts == 0
+
+
+async def test_bytes_being_sent_stay_charged_until_sent_and_a_cut_frees_them() -> None:
+    budget = OutboxBudget(10**9)
+    a, _b = _stuck_pair()
+    try:
+        async with trio.open_nursery() as nursery:
+            writer = Writer(_Stream(a), 10**7, on_overflow=lambda: None,  # type: ignore[arg-type]
+                            on_broken=lambda: None, spawn=nursery.start_soon, budget=budget)
+            writer.start()
+            writer.put(b"z" * 300_000)  # the socket takes a little; a writer task the rest
+            await trio.testing.wait_all_tasks_blocked()
+            assert writer.in_flight > 0 and writer in budget.behind
+            assert budget.used == writer.charge > 250_000
+            writer.cut(budget=True)  # cancels the writer task; its bytes go at once
+            assert budget.used == 0
+            await writer.stop()
+            assert writer not in budget.behind and budget.used == 0
+    finally:
+        a.close()
+        _b.close()
+
+
+async def test_the_last_send_is_charged_and_a_budget_cut_abandons_it() -> None:
+    budget = OutboxBudget(10**9)
+    a, _b = _stuck_pair()
+    try:
+        async with trio.open_nursery() as nursery:
+            writer = Writer(_Stream(a), 10**7, on_overflow=lambda: None,  # type: ignore[arg-type]
+                            on_broken=lambda: None, spawn=nursery.start_soon, budget=budget)
+            done = trio.Event()
+
+            async def last() -> None:
+                await writer.send_last(b"q" * 300_000, timeout_s=60)
+                done.set()
+
+            nursery.start_soon(last)
+            await trio.testing.wait_all_tasks_blocked()
+            assert budget.used == 300_000 + PIECE_OVERHEAD and writer in budget.behind
+            budget.limit_bytes = 1000
+            budget.relieve(writer)  # as a charge from any other writer would
+            with trio.fail_after(5):
+                await done.wait()
+            assert budget.used == 0 and writer not in budget.behind
+    finally:
+        a.close()
+        _b.close()

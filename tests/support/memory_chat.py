@@ -19,6 +19,7 @@ from services.common.bus import ClaimResult, PublishUncertain, Resolution, RoomL
 from services.common.config import HostPort, Settings
 from services.gateway import protocol as p
 from services.gateway.interfaces import Member
+from services.gateway.writer import OutboxBudget
 
 
 @dataclass
@@ -39,6 +40,7 @@ class MemoryChat:
     resolution: Resolution = Resolution.NOT_PUBLISHED
     rename_outcome: str | None = None  # force "taken" or "lost"
     unreachable: set[str] = field(default_factory=set)
+    outbox_budget: OutboxBudget = field(default_factory=lambda: OutboxBudget(1 << 30))
 
     def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         self.nursery.start_soon(fn, *args)
@@ -48,6 +50,9 @@ class MemoryChat:
 
     def count_slow_consumer(self) -> None:
         self.rejected.append("slow_consumer")
+
+    def count_outbox_budget_cut(self) -> None:
+        self.rejected.append("outbox_budget")
 
     def count_message_in(self) -> None:
         pass

@@ -12,7 +12,9 @@ importable from here.
 """
 
 from services.common.bus.bus import (
+    HISTORY_BYTES,
     HISTORY_KEEP,
+    LOG_BYTES,
     REPLAY_WINDOW,
     ROOM_RETENTION_S,
     AuthLock,
@@ -47,7 +49,9 @@ from services.common.bus.scripts import Script
 
 __all__ = [
     "CHAT_KINDS",
+    "HISTORY_BYTES",
     "HISTORY_KEEP",
+    "LOG_BYTES",
     "REPLAY_WINDOW",
     "ROOM_RETENTION_S",
     "Announce",

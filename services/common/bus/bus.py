@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +39,14 @@ from services.common.redis import (
 REPLAY_WINDOW = 2000
 HISTORY_KEEP = 500  # the largest CHAT_HISTORY_SIZE
 
-# An empty room's sequence counter, history and log are kept this long, then
-# expire, so rooms used once do not stay in Redis forever.  Joining removes the expiry.
-ROOM_RETENTION_S = 7 * 24 * 3600
+# An empty room's sequence counter, history, log and sizes are kept this long
+# (CHAT_ROOM_TTL_S), then expire, so rooms used once do not stay in Redis.  Joining
+# removes the expiry: a room with members never expires.
+ROOM_RETENTION_S = 3 * 3600
+# The most bytes a room's log and history hold (CHAT_ROOM_LOG_BYTES,
+# CHAT_ROOM_HISTORY_BYTES), whatever their entry counts: the oldest entries go first.
+LOG_BYTES = 1024 * 1024
+HISTORY_BYTES = 256 * 1024
 
 # The most HSCAN calls one bounded listing (/who) makes.
 SCAN_ROUNDS = 4
@@ -140,10 +146,18 @@ class Bus:
     _auth_attempt = Script("auth_attempt")
     _auth_undo = Script("auth_undo")
 
-    def __init__(self, redis: RedisClient, keys: Keys, gateway_id: str) -> None:
+    def __init__(
+        self, redis: RedisClient, keys: Keys, gateway_id: str, *,
+        room_ttl_s: float = ROOM_RETENTION_S, log_bytes: int = LOG_BYTES,
+        history_bytes: int = HISTORY_BYTES,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.gateway_id = gateway_id
+        # EXPIRE takes whole seconds; never 0, which would delete at once.
+        self.room_ttl_s = max(1, math.ceil(room_ttl_s))
+        self.log_bytes = log_bytes
+        self.history_bytes = history_bytes
         self.clock_offset_s = 0.0  # Redis's clock minus ours (see sync_clock)
         self._pub_ids = itertools.count(1)
 
@@ -188,7 +202,7 @@ class Bus:
             [
                 folded, owner_record(self.gateway_id, nick),
                 encode_body("leave", nick, reason, self.gateway_id),
-                REPLAY_WINDOW, ROOM_RETENTION_S, *k.room_patterns(),
+                REPLAY_WINDOW, self.room_ttl_s, *k.room_patterns(), self.log_bytes,
             ],
         )
         return bool(reply)
@@ -214,7 +228,7 @@ class Bus:
             [
                 old_folded, owner_record(self.gateway_id, old),
                 new_folded, owner_record(self.gateway_id, new),
-                new, *k.room_patterns(), body, REPLAY_WINDOW, proven_hash,
+                new, *k.room_patterns(), body, REPLAY_WINDOW, self.log_bytes, proven_hash,
             ],
         )
         return RenameResult(int(reply))
@@ -313,9 +327,9 @@ class Bus:
         reply = await self._join(
             self.redis,
             [k.room_seq(room), k.room_history(room), k.room_log(room), k.room_members(room),
-             k.rooms, k.nick_rooms(folded), k.epoch],
+             k.rooms, k.nick_rooms(folded), k.epoch, k.room_bytes(room)],
             [room, folded, nick, k.room_channel(room), body, REPLAY_WINDOW,
-             1 if may_create else 0],
+             1 if may_create else 0, self.log_bytes],
         )
         if not isinstance(reply, list):
             raise RoomLimitReached(room)
@@ -330,8 +344,9 @@ class Bus:
         return bool(await self._leave(
             self.redis,
             [k.room_members(room), k.room_seq(room), k.room_history(room), k.room_log(room),
-             k.rooms, k.nick_rooms(folded), k.epoch],
-            [room, folded, ROOM_RETENTION_S, k.room_channel(room), body, REPLAY_WINDOW],
+             k.rooms, k.nick_rooms(folded), k.epoch, k.room_bytes(room)],
+            [room, folded, self.room_ttl_s, k.room_channel(room), body, REPLAY_WINDOW,
+             self.log_bytes],
         ))
 
     async def publish(self, room: str, kind: str, nick: str, text: str = "") -> int:
@@ -360,9 +375,11 @@ class Bus:
             k = self.keys
             reply = await self._publish(
                 self.redis,
-                [k.epoch, k.room_seq(room), k.room_log(room), k.room_history(room)],
+                [k.epoch, k.room_seq(room), k.room_log(room), k.room_history(room),
+                 k.room_members(room), k.room_bytes(room)],
                 [k.room_channel(room), room, body, REPLAY_WINDOW, deadline_ms,
-                 HISTORY_KEEP if kind in CHAT_KINDS else 0],
+                 HISTORY_KEEP if kind in CHAT_KINDS else 0, self.log_bytes,
+                 self.history_bytes, self.room_ttl_s],
             )
         except CommandNotSent:
             raise
@@ -443,10 +460,16 @@ class Bus:
     async def heartbeat(self, ttl_s: float, info: dict[str, str | int]) -> bool:
         """Renew this gateway's lease.  ``False`` when the lease had lapsed (or Redis
         lost it): other gateways may have released our users meanwhile.
-        Raises :class:`RedisError`, error replies included."""
+        Raises :class:`RedisError`, error replies included.
+
+        The lease is renewed with ``PEXPIRE``, which Redis allows at ``maxmemory``
+        under ``noeviction`` (``SET`` is refused there), so a Redis out of memory
+        does not make every gateway look dead; only a lapsed lease is set anew."""
         now = time.time()
+        alive = self.keys.gateway_alive(self.gateway_id)
+        ttl_ms = int(ttl_s * 1000)
         commands: list[tuple[Arg, ...]] = [
-            ("SET", self.keys.gateway_alive(self.gateway_id), "1", "PX", int(ttl_s * 1000), "GET"),
+            ("PEXPIRE", alive, ttl_ms),
             ("ZADD", self.keys.gateways, now, self.gateway_id),
         ]
         if info:
@@ -455,8 +478,12 @@ class Bus:
                 flat += [k, v]
             commands.append(("HSET", self.keys.gateway_info(self.gateway_id), *flat))
         replies = await self.redis.pipeline(commands)
-        _raise_first_error(replies)
-        return replies[0] is not None
+        _raise_first_error(replies[:1])
+        held = int(replies[0]) == 1
+        if not held:
+            await self.redis.execute("SET", alive, "1", "PX", ttl_ms)
+        _raise_first_error(replies[1:])
+        return held
 
     async def dead_gateways(self) -> list[str]:
         """Gateways listed in the registry whose lease key is gone."""
@@ -476,8 +503,8 @@ class Bus:
             self.redis,
             [k.gateways, k.gateway_alive(dead_gateway), k.gateway_nicks(dead_gateway),
              k.gateway_info(dead_gateway), k.nicks, k.epoch, k.rooms],
-            [dead_gateway, REPLAY_WINDOW, time.time(), 1 if force else 0, ROOM_RETENTION_S,
-             k.nick_rooms_pattern, *k.room_patterns()],
+            [dead_gateway, REPLAY_WINDOW, time.time(), 1 if force else 0, self.room_ttl_s,
+             k.nick_rooms_pattern, *k.room_patterns(), self.log_bytes],
         )
         return [r.decode() for r in released]
 

@@ -13,7 +13,9 @@ import redis
 import trio
 
 from services.common.bus import (
+    HISTORY_BYTES,
     HISTORY_KEEP,
+    LOG_BYTES,
     REPLAY_WINDOW,
     ROOM_RETENTION_S,
     Bus,
@@ -298,16 +300,21 @@ async def test_publish_numbers_logs_keeps_chat_history_and_publishes(
     assert rc.get(keys.room_seq("#r")) == b"3" and rc.get(keys.epoch) == epoch
 
 
+def publish_keys(keys: Keys, room: str) -> list[str]:
+    """The publish script's KEYS for ``room``."""
+    return [keys.epoch, keys.room_seq(room), keys.room_log(room), keys.room_history(room),
+            keys.room_members(room), keys.room_bytes(room)]
+
+
 async def test_publish_trims_the_log_and_the_history(
     client: RedisClient, rc: redis.Redis, keys: Keys
 ) -> None:
     """The script directly, with short lengths: only the newest entries stay."""
     publish = Script("publish")
-    room_keys = [keys.epoch, keys.room_seq("#t"), keys.room_log("#t"), keys.room_history("#t")]
     for i in range(1, 8):
         body = encode_body("msg", "a", str(i), "g~1", at=0)
-        args = [keys.room_channel("#t"), "#t", body, 5, 0, 3]
-        assert (await publish(client, room_keys, args))[0] == i
+        args = [keys.room_channel("#t"), "#t", body, 5, 0, 3, LOG_BYTES, HISTORY_BYTES, 60]
+        assert (await publish(client, publish_keys(keys, "#t"), args))[0] == i
     texts = [decode_publication(p).text for p in rc.lrange(keys.room_log("#t"), 0, -1)]
     assert texts == ["3", "4", "5", "6", "7"]
     texts = [decode_publication(p).text for p in rc.lrange(keys.room_history("#t"), 0, -1)]
@@ -319,14 +326,15 @@ async def test_publish_trims_the_log_and_the_history(
 async def test_a_publish_past_its_deadline_is_refused_and_changes_nothing(
     client: RedisClient, make_bus: MakeBus, rc: redis.Redis, keys: Keys
 ) -> None:
-    room_keys = [keys.epoch, keys.room_seq("#d"), keys.room_log("#d"), keys.room_history("#d")]
+    room_keys = publish_keys(keys, "#d")
     past_ms = int(time.time() * 1000) - 10_000
     body = encode_body("msg", "a", "late", "g~1")
-    args = [keys.room_channel("#d"), "#d", body, REPLAY_WINDOW, past_ms, HISTORY_KEEP]
+    caps = [LOG_BYTES, HISTORY_BYTES, 60]
+    args = [keys.room_channel("#d"), "#d", body, REPLAY_WINDOW, past_ms, HISTORY_KEEP, *caps]
     publish = Script("publish")
     assert await publish(client, room_keys, args) == 0
     future_ms = int(time.time() * 1000) + 60_000
-    assert (await publish(client, room_keys, [*args[:4], future_ms, HISTORY_KEEP]))[0] == 1
+    assert (await publish(client, room_keys, [*args[:4], future_ms, HISTORY_KEEP, *caps]))[0] == 1
     # Through the bus: its deadline is now plus the client's timeout, on Redis's
     # clock; a clock offset an hour off puts it in the past.
     g1 = make_bus("g1~a")

@@ -8,20 +8,23 @@
 -- KEYS[5] rooms                 Keys.rooms (ZSET: room -> minus its member count)
 -- KEYS[6] the nick's rooms      Keys.nick_rooms(folded)
 -- KEYS[7] epoch                 Keys.epoch
+-- KEYS[8] the room's sizes      Keys.room_bytes(room)
 -- ARGV[1] room name
 -- ARGV[2] folded nick
--- ARGV[3] retention of an emptied room's keys, seconds   ROOM_RETENTION_S
+-- ARGV[3] retention of an emptied room's keys, seconds   CHAT_ROOM_TTL_S
 -- ARGV[4] the room's channel    Keys.room_channel(room)
 -- ARGV[5] the announcement's JSON envelope (codec.encode_body), or '' for none
 -- ARGV[6] log length kept       REPLAY_WINDOW
+-- ARGV[7] log bytes kept        CHAT_ROOM_LOG_BYTES
 --
 -- Returns 1 when the nick was a member, 0 when not.
 -- include: _rooms.lua
 
-local r = {members = KEYS[1], seq = KEYS[2], history = KEYS[3], log = KEYS[4], channel = ARGV[4]}
+local r = {members = KEYS[1], seq = KEYS[2], history = KEYS[3], log = KEYS[4], channel = ARGV[4],
+           bytes = KEYS[8]}
 local removed = redis.call('HDEL', r.members, ARGV[2])
 if removed == 1 and ARGV[5] ~= '' then
-  publish_room(KEYS[7], r, ARGV[1], ARGV[5], tonumber(ARGV[6]), 0)
+  publish_room(KEYS[7], r, ARGV[1], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), 0, 0)
 end
 -- after the publish, so the expiry covers keys the publish may have created
 if redis.call('HLEN', r.members) == 0 then

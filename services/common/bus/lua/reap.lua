@@ -13,11 +13,12 @@
 -- ARGV[2] log length kept       REPLAY_WINDOW
 -- ARGV[3] now, unix seconds (the leaves' "t")
 -- ARGV[4] force: '1' ignores the lease (a predecessor known dead by other means)
--- ARGV[5] retention of an emptied room's keys, seconds   ROOM_RETENTION_S
+-- ARGV[5] retention of an emptied room's keys, seconds   CHAT_ROOM_TTL_S
 -- ARGV[6] nick rooms pattern    Keys.nick_rooms_pattern
--- ARGV[7..11] room key patterns Keys.room_patterns()
+-- ARGV[7..12] room key patterns Keys.room_patterns()
 --             (each nick's rooms and each room's keys are derived from these
 --             patterns: the documented exception)
+-- ARGV[13] log bytes kept       CHAT_ROOM_LOG_BYTES
 --
 -- Returns the display nicks released (empty: the lease is alive and no force,
 -- or another caller reaped it first).  Each leave envelope is the one of
@@ -25,6 +26,7 @@
 -- include: _rooms.lua
 
 local gw, keep, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
+local log_bytes = tonumber(ARGV[13])
 if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {} end
 if redis.call('ZREM', KEYS[1], gw) == 0 then return {} end
 local released = {}
@@ -41,7 +43,7 @@ for _, folded in ipairs(redis.call('SMEMBERS', KEYS[3])) do
       redis.call('HDEL', r.members, folded)
       local body = cjson.encode({k = 'leave', n = display, x = 'gateway lost', g = gw,
                                  t = tonumber(ARGV[3])})
-      publish_room(KEYS[6], r, room, body, keep, 0)
+      publish_room(KEYS[6], r, room, body, keep, log_bytes, 0, 0)
       if redis.call('HLEN', r.members) == 0 then
         room_emptied(KEYS[7], r, room, retention)
       else

@@ -13,14 +13,18 @@
 -- ARGV[3] new folded nick
 -- ARGV[4] new owner record      keys.owner_record(gateway, new display nick)
 -- ARGV[5] new display nick
--- ARGV[6..10] room patterns     Keys.room_patterns(): each room's keys are derived
+-- ARGV[6..11] room patterns     Keys.room_patterns(): each room's keys are derived
 --                               from them (the documented exception)
--- ARGV[11] the announcement's JSON envelope (codec.encode_body, kind "nick")
--- ARGV[12] log length kept      REPLAY_WINDOW
--- ARGV[13] the password hash the caller proved for the new nick ('' for none)
+-- ARGV[12] the announcement's JSON envelope (codec.encode_body, kind "nick")
+-- ARGV[13] log length kept      REPLAY_WINDOW
+-- ARGV[14] log bytes kept       CHAT_ROOM_LOG_BYTES
+-- ARGV[15] the password hash the caller proved for the new nick ('' for none)
+--
+-- A rename empties no room (each keeps the member under its new name), so the
+-- rooms' keys stay without expiry.
 --
 -- Returns (RenameResult) 1 renamed, 0 the new nick is taken, -1 the old nick is
--- not (or no longer) this record's, -2 the new nick is registered and ARGV[13]
+-- not (or no longer) this record's, -2 the new nick is registered and ARGV[15]
 -- is not its current hash (checked in the same step as the claim).
 -- include: _rooms.lua
 
@@ -28,7 +32,7 @@ if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return -1 end
 local rooms
 if ARGV[1] ~= ARGV[3] then
   local registered = redis.call('HGET', KEYS[6], 'hash')
-  if registered and registered ~= ARGV[13] then return -2 end
+  if registered and registered ~= ARGV[15] then return -2 end
   if redis.call('HSETNX', KEYS[1], ARGV[3], ARGV[4]) == 0 then return 0 end
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('SREM', KEYS[2], ARGV[1])
@@ -49,6 +53,7 @@ else
   end
 end
 for _, room in ipairs(rooms) do
-  publish_room(KEYS[5], room_keys(6, room), room, ARGV[11], tonumber(ARGV[12]), 0)
+  publish_room(KEYS[5], room_keys(6, room), room, ARGV[12], tonumber(ARGV[13]),
+               tonumber(ARGV[14]), 0, 0)
 end
 return 1

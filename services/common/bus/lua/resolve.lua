@@ -11,8 +11,9 @@
 -- Returns (Resolution in bus.py) -1 while Redis's clock has not passed the
 -- deadline (the publish may still run: ask again later), the publication's
 -- sequence number when it is in the log, 0 when it is not and can no longer be,
--- -2 when the log is full and no longer reaches back to when it was submitted
--- (unknown).  Relies on codec.encode_body's compact JSON ('"i":"<id>"', '"g":"<id>"').
+-- -2 when the log was trimmed (it is full, or, trimmed by bytes, its oldest entry
+-- is not the room's first publication) and no longer reaches back to when it was
+-- submitted (unknown).  Relies on codec.encode_body's compact JSON ('"i":"<id>"', '"g":"<id>"').
 
 local t = redis.call('TIME')
 if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) <= tonumber(ARGV[2]) then
@@ -28,7 +29,11 @@ for i = #entries, 1, -1 do
     return tonumber(seq)
   end
 end
-if #entries >= tonumber(ARGV[4]) then
+-- The log and the counter are created together, so an oldest entry numbered
+-- above 1 means older entries were trimmed.
+local trimmed = #entries >= tonumber(ARGV[4])
+  or (#entries > 0 and tonumber(string.match(entries[1], '^%S+ (%d+) ') or 2) > 1)
+if trimmed then
   local ok, first = pcall(cjson.decode, string.match(entries[1], '^%S+ %d+ %S+ (.*)$'))
   if not ok or type(first) ~= 'table' or tonumber(first.t or 0) > tonumber(ARGV[3]) then
     return -2
