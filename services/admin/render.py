@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from services.admin.commands import GatewayState, OnlineNick
 
@@ -60,3 +61,17 @@ def render_gateways(states: Sequence[GatewayState]) -> str:
     alive = sum(s.alive for s in states)
     clients = sum(s.clients or 0 for s in states if s.alive)
     return f"{table(rows, headers)}\n{alive} alive, {len(states) - alive} dead; {clients} client(s)"
+
+
+def render_bans(bans: Sequence[dict[str, Any]]) -> str:
+    if not bans:
+        return "no bans"
+    rows = [
+        (
+            b["network"],
+            "never" if b["expires_in_s"] is None else f"in {_age(b['expires_in_s'])}",
+            b["reason"] or "-",
+        )
+        for b in bans
+    ]
+    return f"{table(rows, ('NETWORK', 'EXPIRES', 'REASON'))}\n{len(bans)} ban(s)"

@@ -19,6 +19,10 @@ Keys
 ``{p}epoch``                   STRING changes when Redis lost its data; part of every publication
 ``{p}rooms``                   SET   rooms that currently have members
 ``{p}nick:{folded}:rooms``     SET   rooms a nickname is in
+``{p}addr:{address}:conns``    HASH  gateway id -> connections it holds from that client address
+``{p}addr:{address}:rate``     HASH  that address's connect-rate bucket (``tokens``, ``at`` ms)
+``{p}gw:{id}:addrs``           SET   client addresses with connections on that gateway
+``{p}bans``                    HASH  banned network (CIDR) -> ``{"reason", "until", "at"}`` JSON
 
 Channels
 --------
@@ -79,6 +83,20 @@ class Keys:
     @property
     def epoch(self) -> str:
         return f"{self.prefix}epoch"
+
+    def gateway_addrs(self, gateway_id: str) -> str:
+        return f"{self.prefix}gw:{gateway_id}:addrs"
+
+    # -- per-address admission and bans ---------------------------------------
+    def addr_conns(self, address: str) -> str:
+        return f"{self.prefix}addr:{address}:conns"
+
+    def addr_rate(self, address: str) -> str:
+        return f"{self.prefix}addr:{address}:rate"
+
+    @property
+    def bans(self) -> str:
+        return f"{self.prefix}bans"
 
     # -- rooms --------------------------------------------------------------
     @property

@@ -26,13 +26,19 @@ class ChatClient:
         self.nick: str | None = None
 
     @classmethod
-    async def connect(cls, port: int, host: str = "127.0.0.1") -> ChatClient:
-        return cls(await trio.open_tcp_stream(host, port))
+    async def connect(
+        cls, port: int, host: str = "127.0.0.1", *, source: str | None = None
+    ) -> ChatClient:
+        """Connect to ``host:port``; ``source`` binds the client's own address first
+        (on Linux any 127.x.y.z is a distinct loopback source address)."""
+        return cls(await trio.open_tcp_stream(host, port, local_address=source))
 
     @classmethod
-    async def join(cls, port: int, nick: str, host: str = "127.0.0.1") -> ChatClient:
+    async def join(
+        cls, port: int, nick: str, host: str = "127.0.0.1", *, source: str | None = None
+    ) -> ChatClient:
         """Connect and choose ``nick``; returns once the welcome and own join arrived."""
-        client = await cls.connect(port, host)
+        client = await cls.connect(port, host, source=source)
         await client.send(nick)
         await client.expect(rf"^== welcome, {re.escape(nick)}!")
         await client.expect(rf"^#\S+ -- {re.escape(nick)} joined the chat!$")
