@@ -96,13 +96,13 @@ class LineClient:
         self.close()
 
 
-def connect_client(port: int, timeout_s: float = 15.0) -> LineClient:
+def connect_client(port: int, timeout_s: float = 15.0, source: str | None = None) -> LineClient:
     """Connect and wait for the nickname prompt, retrying while the proxy has no server yet."""
     deadline = time.monotonic() + timeout_s
     while True:
         client = None
         try:
-            client = LineClient(port)
+            client = LineClient(port, source=source)
             client.read_until(lambda line: line.startswith("?? "), 5.0, "the nickname prompt")
             return client
         except (AssertionError, OSError):
