@@ -57,6 +57,7 @@ class Admission:
         self._in_flight: Counter[str] = Counter()  # admissions awaiting Redis, by address
         self._local_buckets: dict[str, TokenBucket] = {}
         self._syncing = False
+        self._full_sync_pending = False
 
     # -- bans -----------------------------------------------------------------------
     def banned(self, address: str) -> Ban | None:
@@ -155,15 +156,18 @@ class Admission:
         """Write this gateway's true count for every dirty address (with
         ``everything``: for every address, and drop counts Redis holds for
         addresses this gateway no longer serves, after Redis lost data or our
-        lease lapsed).  ``True`` when nothing is left dirty.  Raises
-        :class:`RedisError`."""
+        lease lapsed; if a sync is running, the next one does it).  ``True`` when
+        nothing is left to write.  Raises :class:`RedisError`."""
+        if everything:
+            self._full_sync_pending = True
         if self._syncing:
             return False
         self._syncing = True
         try:
-            if everything:
+            if self._full_sync_pending:
                 stale = await self.bus.counted_addresses() - set(self.held)
                 self.dirty |= stale | set(self.held)
+                self._full_sync_pending = False
             for address in list(self.dirty):
                 if address in self._in_flight:
                     continue  # its admission's answer decides; synced next time
@@ -177,7 +181,9 @@ class Admission:
 
     async def sync_quietly(self, *, everything: bool = False) -> None:
         """:meth:`sync`, logging instead of raising."""
-        if not (self.dirty or everything) or not self.bus.redis.connected:
+        if not (self.dirty or everything or self._full_sync_pending):
+            return
+        if not self.bus.redis.connected:
             return
         try:
             with trio.move_on_after(max(self.settings.redis_timeout_s * 4, 1.0)):

@@ -66,6 +66,7 @@ class Server:
         self.admission = admission
         self.sessions: set[Runnable] = set()
         self.addresses: dict[Runnable, str] = {}  # each session's client address
+        self._banned: set[Runnable] = set()  # told to go for a ban, not gone yet
         self.ports: list[int] = []
         self.capacity = settings.max_clients
         self.open_files = 0
@@ -131,6 +132,7 @@ class Server:
             finally:
                 self.sessions.discard(session)
                 self.addresses.pop(session, None)
+                self._banned.discard(session)
                 self.metrics.connections.dec()
                 if self.draining and not self.sessions:
                     self._all_gone.set()
@@ -157,7 +159,8 @@ class Server:
             return 0
         for session, address in list(self.addresses.items()):
             ban = self.admission.banned(address)
-            if ban is not None:
+            if ban is not None and session not in self._banned:
+                self._banned.add(session)
                 log.warning("client.banned", conn=session.conn_id, address=address,
                             ban=str(ban.network))
                 session.disconnect(f"banned: {ban.reason or 'no reason given'}")
