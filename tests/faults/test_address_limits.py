@@ -94,3 +94,24 @@ async def test_a_killed_gateways_address_counts_are_released_by_the_reaper(
     for nick in ("b1", "b2"):
         await ChatClient.join(survivor.port, nick, source=address)
     assert list(held(rc, key_prefix, address).values()) == [3]
+
+
+async def test_a_gateway_restarted_under_its_name_releases_its_predecessors_counts(
+    redis_server: RedisServer, rc: redis.Redis, key_prefix: str,
+    gateway_procs: Callable[..., GatewayProcess],
+) -> None:
+    # A lease far longer than the test: only the restart's predecessor reap can
+    # release the dead process's counts in time.
+    settings = {**FAST, "heartbeat_ttl_s": 60, "max_connections_per_ip": 2}
+    first = gateway_procs(redis_server.url, "same", key_prefix=key_prefix, **settings)
+    address = "127.0.0.42"
+    for nick in ("p1", "p2"):
+        await ChatClient.join(first.port, nick, source=address)
+    assert list(held(rc, key_prefix, address).values()) == [2]
+    first.kill()
+    first.wait()
+    second = gateway_procs(redis_server.url, "same", key_prefix=key_prefix, **settings)
+    # Serving clients only after settling its predecessor: the address is free again.
+    for nick in ("q1", "q2"):
+        await ChatClient.join(second.port, nick, source=address)
+    assert held(rc, key_prefix, address) == {second.incarnation: 2}
