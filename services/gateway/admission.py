@@ -101,6 +101,12 @@ class Admission:
             else:
                 self.dirty.add(address)
                 ok, why, held = self._admit_locally(address)
+        except BaseException:
+            # Cancelled (the gateway is stopping): not admitted; Redis's copy is
+            # corrected by the next sync or dropped by the drain or the reaper.
+            self._forget(address)
+            self.dirty.add(address)
+            raise
         finally:
             self._in_flight[address] -= 1
             if not self._in_flight[address]:
