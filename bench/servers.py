@@ -162,6 +162,10 @@ def start_ours(
             "CHAT_FLOOD_BURST": str(flood_burst),
             "CHAT_FLOOD_RATE": f"{flood_rate:g}",
             "CHAT_DRAIN_TIMEOUT_S": "2",
+            # Every load-generator connection comes from 127.0.0.1.
+            "CHAT_MAX_CONNECTIONS_PER_IP": str(max_clients * gateways),
+            "CHAT_CONNECT_RATE_PER_IP": "100000",
+            "CHAT_CONNECT_BURST_PER_IP": "100000",
         }
         if extra_env:
             env_common.update(extra_env)

@@ -23,6 +23,12 @@ __all__ = ["StartGateway", "make_settings", "wait_until", "wait_until_sync"]
 
 _prefixes = itertools.count(1)
 
+GENEROUS_ADDRESS_LIMITS: dict[str, Any] = {
+    "max_connections_per_ip": 100000,
+    "connect_rate_per_ip": 100000.0,
+    "connect_burst_per_ip": 100000,
+}
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
@@ -66,6 +72,9 @@ def make_settings(redis_url: str, key_prefix: str, **overrides: Any) -> Settings
         "heartbeat_ttl_s": 3.0,
         "canary_interval_s": 0.5,
         "canary_timeout_s": 3.0,
+        # Tests connect dozens of clients from 127.0.0.1: only the tests about the
+        # per-address limits meet the defaults (finite, so admission still runs).
+        **GENEROUS_ADDRESS_LIMITS,
     }
     values.update(overrides)
     return Settings(**values)

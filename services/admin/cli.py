@@ -21,13 +21,16 @@ from services.admin.commands import (
     UsageError,
     accounts,
     announce,
+    ban,
+    bans,
     connect,
     drop_account,
     gateways,
     kick,
+    unban,
     who,
 )
-from services.admin.render import render_accounts, render_gateways, render_who
+from services.admin.render import render_accounts, render_bans, render_gateways, render_who
 from services.common.config import ConfigError, Settings, given_settings
 from services.common.keys import Keys
 
@@ -70,7 +73,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="free a registered nickname (its holder, if online, keeps it until it leaves)",
     )
     drop_p.add_argument("nick")
+    ban_p = sub.add_parser(
+        "ban", parents=[common],
+        help="refuse an address or network (CIDR) everywhere and cut its clients",
+    )
+    ban_p.add_argument("target", metavar="ADDRESS|CIDR")
+    ban_p.add_argument("--for", dest="duration", metavar="DURATION",
+                       help="lift it after this long: 90s, 10m, 2h, 7d (default: never)")
+    ban_p.add_argument("reason", nargs="*", help="shown to the banned clients")
+    unban_p = sub.add_parser("unban", parents=[common], help="lift a ban (the exact ADDRESS|CIDR)")
+    unban_p.add_argument("target", metavar="ADDRESS|CIDR")
+    sub.add_parser("bans", parents=[common], help="bans in force, with expiry and reason")
     return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; a ban's reason may follow ``--for`` (argparse alone would
+    refuse the words after it)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "ban" or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.reason = [*args.reason, *extra]
+    return args
 
 
 def read_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -117,9 +143,22 @@ def run(args: argparse.Namespace, out: TextIO, environ: Mapping[str, str]) -> in
                 " (still online until it leaves; kick it to free the nickname now)"
                 if result["online"] else ""
             )
-        else:
+        elif args.command == "announce":
             result = announce(client, keys, " ".join(args.text))
             text = f"announced to {result['gateways']} gateway(s): {result['text']}"
+        elif args.command == "ban":
+            result = ban(client, keys, args.target, " ".join(args.reason), args.duration)
+            until = ("until lifted" if result["until"] is None
+                     else f"for {result['expires_in_s']:g}s")
+            text = (f"banned {result['network']} {until}: {result['reason'] or '-'} "
+                    f"({result['gateways']} gateway(s) told)")
+        elif args.command == "unban":
+            result = unban(client, keys, args.target)
+            text = f"lifted the ban on {result['network']} ({result['gateways']} gateway(s) told)"
+        else:
+            listed = bans(client, keys)
+            result = {"bans": listed, "count": len(listed)}
+            text = render_bans(listed)
     except redis.RedisError as exc:
         raise AdminError(f"cannot talk to Redis at {url}: {exc}") from None
     finally:
@@ -129,8 +168,7 @@ def run(args: argparse.Namespace, out: TextIO, environ: Mapping[str, str]) -> in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
         return run(args, sys.stdout, os.environ)
     except UsageError as exc:

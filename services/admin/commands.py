@@ -15,7 +15,14 @@ from typing import Any
 
 import redis
 
-from services.common.bus.codec import Announce, Kick, encode_message
+from services.common.bans import (
+    MAX_REASON_BYTES,
+    Ban,
+    decode_bans,
+    parse_ban_duration,
+    parse_network,
+)
+from services.common.bus.codec import Announce, BansChanged, Kick, encode_message
 from services.common.config import RedisURL
 from services.common.keys import Keys, incarnation_name, parse_owner_record
 from services.common.names import fold_nick
@@ -219,3 +226,77 @@ def announce(client: redis.Redis, keys: Keys, text: str) -> dict[str, Any]:
     if receivers == 0:
         raise AdminError("no gateway is listening; nobody received the announcement")
     return {"text": text, "gateways": receivers}
+
+
+# -- bans -------------------------------------------------------------------------------------
+
+
+def _ban_json(ban: Ban, now: float) -> dict[str, Any]:
+    return {
+        "network": str(ban.network),
+        "reason": ban.reason,
+        "since": ban.at,
+        "until": ban.until,
+        "expires_in_s": None if ban.until is None else round(max(0.0, ban.until - now), 1),
+    }
+
+
+def _tell_gateways(client: redis.Redis, keys: Keys) -> int:
+    """Every gateway reloads the ban list at once (and on its next heartbeat anyway)."""
+    return int(client.publish(keys.all_channel, encode_message(BansChanged())))
+
+
+def _drop_expired(client: redis.Redis, keys: Keys, now: float) -> None:
+    records: dict[str, str] = client.hgetall(keys.bans)  # type: ignore[assignment]
+    bans, _problems = decode_bans(records)
+    expired = [str(b.network) for b in bans if not b.active(now)]
+    if expired:
+        client.hdel(keys.bans, *expired)
+
+
+def ban(
+    client: redis.Redis, keys: Keys, target: str, reason: str, duration: str | None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Ban an address or network, for ``duration`` (``None``: until lifted).  Every
+    gateway disconnects the clients it covers and refuses new ones.  Raises
+    :class:`UsageError`."""
+    now = time.time() if now is None else now
+    try:
+        network = parse_network(target)
+        seconds = parse_ban_duration(duration) if duration is not None else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if reason:
+        reason = _check_text(reason, "the reason")
+        if len(reason.encode()) > MAX_REASON_BYTES:
+            raise UsageError(f"the reason is longer than {MAX_REASON_BYTES} bytes")
+    entry = Ban(network, reason, None if seconds is None else now + seconds, now)
+    _drop_expired(client, keys, now)
+    client.hset(keys.bans, str(network), entry.record())
+    result = _ban_json(entry, now)
+    result["gateways"] = _tell_gateways(client, keys)
+    return result
+
+
+def unban(client: redis.Redis, keys: Keys, target: str) -> dict[str, Any]:
+    """Lift the ban on exactly this address or network.  Raises :class:`AdminError`."""
+    try:
+        network = str(parse_network(target))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not client.hdel(keys.bans, network):
+        raise AdminError(f"no ban on {network}")
+    return {"network": network, "gateways": _tell_gateways(client, keys)}
+
+
+def bans(client: redis.Redis, keys: Keys, now: float | None = None) -> list[dict[str, Any]]:
+    """Every ban in force, soonest expiry last (permanent ones first); expired
+    records are deleted on the way."""
+    now = time.time() if now is None else now
+    _drop_expired(client, keys, now)
+    records: dict[str, str] = client.hgetall(keys.bans)  # type: ignore[assignment]
+    found, _problems = decode_bans(records)
+    active = [b for b in found if b.active(now)]
+    active.sort(key=lambda b: (b.until is not None, -(b.until or 0), str(b.network)))
+    return [_ban_json(b, now) for b in active]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from services.admin.commands import Account, GatewayState, OnlineNick
 
@@ -74,3 +75,17 @@ def render_accounts(found: Sequence[Account], now: float | None = None) -> str:
     ]
     online = sum(a.online for a in found)
     return f"{table(rows, ('NICK', 'ONLINE', 'REGISTERED'))}\n{len(found)} account(s), {online} online"
+
+
+def render_bans(bans: Sequence[dict[str, Any]]) -> str:
+    if not bans:
+        return "no bans"
+    rows = [
+        (
+            b["network"],
+            "never" if b["expires_in_s"] is None else f"in {_age(b['expires_in_s'])}",
+            b["reason"] or "-",
+        )
+        for b in bans
+    ]
+    return f"{table(rows, ('NETWORK', 'EXPIRES', 'REASON'))}\n{len(bans)} ban(s)"

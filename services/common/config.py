@@ -459,6 +459,28 @@ class Settings:
         metavar="N",
     )
 
+    # -- per-address admission (issue 10: one address cannot take the service down) --
+    max_connections_per_ip: int = _setting(
+        "10",
+        parse_non_negative_int,
+        "connections one client address may hold across the whole cluster"
+        " (loopback included; 0 = no limit)",
+        metavar="N",
+    )
+    connect_rate_per_ip: float = _setting(
+        "2",
+        parse_duration,
+        "new connections per second one client address may sustain, cluster-wide"
+        " (inf = no limit)",
+        metavar="PER_SECOND",
+    )
+    connect_burst_per_ip: int = _setting(
+        "10",
+        parse_positive_int,
+        "new connections one client address may open at once before the rate applies",
+        metavar="N",
+    )
+
     def __post_init__(self) -> None:
         if self.gateway_id is None:
             object.__setattr__(self, "gateway_id", _default_gateway_id())
@@ -505,6 +527,8 @@ class Settings:
                 f"CHAT_OUTBOX_TOTAL_BYTES ({self.outbox_total_bytes}) must be at least"
                 f" CHAT_OUTBOX_BYTES ({self.outbox_bytes})"
             )
+        if self.connect_rate_per_ip <= 0:
+            raise ConfigError("CHAT_CONNECT_RATE_PER_IP must be positive (inf = no limit)")
 
 
 ENV_PREFIX = "CHAT_"

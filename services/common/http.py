@@ -13,18 +13,30 @@ HTTP parsing is h11's; this module only moves bytes and picks responses.
 
 Bounds, per connection: a request head of at most :data:`MAX_REQUEST_HEAD_BYTES`
 (431 beyond), a request body of at most :data:`MAX_REQUEST_BODY_BYTES` (413
-beyond; none of these endpoints wants one), and ``request_timeout_s`` to receive
-a whole request and send its response (408, or a silent close when the client sent
-nothing).  At most ``max_connections`` connections are served at once; more get
-a 503 and are closed, so a flood of scrapers cannot exhaust the descriptors the
-chat listener needs.  A failure on one connection never reaches the others or
-the server: clients get a status line, never a traceback, and only unexpected
-errors are logged (``http.error``, with traceback).
+beyond; none of these endpoints wants one), ``head_timeout_s`` to receive a
+request head (the first, or the next on a kept-alive connection) and
+``request_timeout_s`` to receive a whole request and send its response (408, or
+a silent close when the client sent nothing).
+
+A flood of connections cannot keep the probes out (a liveness probe that gets
+no answer restarts the pod).  At most ``max_connections`` connections are open
+at once, and at most ``max_connections_per_address`` from one client address.
+A new connection is always served while there is a connection that is merely
+waiting for a request head: when a limit is reached, the oldest such
+connection (of that address, for the per-address limit; one that never sent a
+request before a kept-alive one, for the total) is closed to make room.  Only
+when every connection is busy with a request is the newcomer refused (503).
+Idle sockets therefore cost an attacker its own older sockets, not the probes.
+
+A failure on one connection never reaches the others or the server: clients
+get a status line, never a traceback, and only unexpected errors are logged
+(``http.error``, with traceback).
 """
 
 from __future__ import annotations
 
 import http
+from collections import Counter
 from collections.abc import Callable
 
 import h11
@@ -34,7 +46,9 @@ import trio
 from services.common.metrics import Metrics
 
 __all__ = [
+    "HEAD_TIMEOUT_S",
     "MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_PER_ADDRESS",
     "MAX_REQUEST_BODY_BYTES",
     "MAX_REQUEST_HEAD_BYTES",
     "REQUEST_TIMEOUT_S",
@@ -44,7 +58,9 @@ __all__ = [
 MAX_REQUEST_HEAD_BYTES = 8192
 MAX_REQUEST_BODY_BYTES = 8192
 REQUEST_TIMEOUT_S = 10.0
+HEAD_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 64
+MAX_CONNECTIONS_PER_ADDRESS = 16
 
 _RECEIVE_BYTES = 8192
 # After our last response: how long, and how much, to keep reading so that closing
@@ -90,7 +106,9 @@ async def serve_http(
     ready: Callable[[], tuple[bool, str]],
     metrics: Metrics,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
+    head_timeout_s: float = HEAD_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
+    max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` and serve health, readiness and metrics until cancelled.
@@ -110,13 +128,27 @@ async def serve_http(
     """
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     bound_port: int = listeners[0].socket.getsockname()[1]
-    server = _Server(ready, metrics, request_timeout_s, max_connections)
+    server = _Server(ready, metrics, request_timeout_s, max_connections,
+                     head_timeout_s=head_timeout_s,
+                     max_connections_per_address=max_connections_per_address)
     task_status.started(bound_port)
     await trio.serve_listeners(server.handle, listeners)
 
 
+class _Conn:
+    """One open connection, as the limits see it."""
+
+    __slots__ = ("address", "requests", "scope", "waiting")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.scope = trio.CancelScope()
+        self.waiting = True  # for a request head: may be closed to make room
+        self.requests = 0  # requests whose head arrived
+
+
 class _Server:
-    """Routes requests and counts connections; one per :func:`serve_http` call."""
+    """Routes requests and keeps the connection limits; one per :func:`serve_http` call."""
 
     def __init__(
         self,
@@ -124,45 +156,92 @@ class _Server:
         metrics: Metrics,
         request_timeout_s: float,
         max_connections: int,
+        *,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
+        max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
     ) -> None:
         self._ready = ready
         self._metrics = metrics
         self._request_timeout_s = request_timeout_s
+        self._head_timeout_s = head_timeout_s
         self._max_connections = max_connections
-        self._active = 0
+        self._max_per_address = max_connections_per_address
+        self._conns: dict[_Conn, None] = {}  # open connections, oldest first
+        self._per_address: Counter[str] = Counter()
 
     async def handle(self, stream: trio.SocketStream) -> None:
         # trio.serve_listeners closes the stream when this returns, and would
         # crash the whole server on an exception: nothing may escape from here.
         try:
-            if self._active >= self._max_connections:
+            conn = _Conn(_address(stream))
+            if not self._make_room(conn.address):
                 await _refuse(stream)
                 return
-            self._active += 1
+            self._conns[conn] = None
+            self._per_address[conn.address] += 1
             try:
-                await self._serve_connection(stream)
+                with conn.scope:
+                    await self._serve_connection(stream, conn)
             finally:
-                self._active -= 1
+                self._forget(conn)
         except trio.BrokenResourceError:
             pass  # the client went away; nothing to tell it
         except Exception:
             log.exception("http.error")
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
+    def _make_room(self, address: str) -> bool:
+        """Close the oldest waiting connection(s) a newcomer from ``address`` would
+        exceed a limit by; ``False`` when a limit is reached and nothing waits."""
+        if self._per_address[address] >= self._max_per_address:
+            victim = next((c for c in self._conns if c.waiting and c.address == address), None)
+            if victim is None:
+                return False
+            self._evict(victim)
+        if len(self._conns) >= self._max_connections:
+            waiting = [c for c in self._conns if c.waiting]
+            # Never-used sockets go before kept-alive ones that did send requests.
+            victim = next((c for c in waiting if not c.requests), waiting[0] if waiting else None)
+            if victim is None:
+                return False
+            self._evict(victim)
+        return True
+
+    def _evict(self, conn: _Conn) -> None:
+        self._forget(conn)
+        conn.scope.cancel()  # its task closes the socket, silently
+
+    def _forget(self, conn: _Conn) -> None:
+        if self._conns.pop(conn, False) is None:
+            self._per_address[conn.address] -= 1
+            if self._per_address[conn.address] <= 0:
+                del self._per_address[conn.address]
+
+    async def _serve_connection(self, stream: trio.SocketStream, conn: _Conn) -> None:
+        h11_conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
         while True:
-            with trio.move_on_after(self._request_timeout_s) as deadline:
-                keep_open = await self._serve_request(stream, conn)
+            started = trio.current_time()
+            first_wait = min(self._head_timeout_s, self._request_timeout_s)
+            with trio.CancelScope(deadline=started + first_wait) as deadline:
+
+                def head_arrived(scope: trio.CancelScope = deadline, t0: float = started) -> None:
+                    conn.waiting = False
+                    conn.requests += 1
+                    scope.deadline = t0 + self._request_timeout_s
+
+                conn.waiting = True
+                keep_open = await self._serve_request(stream, h11_conn, head_arrived)
             if deadline.cancelled_caught:
-                await _timed_out(stream, conn)
+                await _timed_out(stream, h11_conn)
                 return
             if not keep_open:
                 return
 
-    async def _serve_request(self, stream: trio.SocketStream, conn: h11.Connection) -> bool:
+    async def _serve_request(
+        self, stream: trio.SocketStream, conn: h11.Connection, head_arrived: Callable[[], None]
+    ) -> bool:
         """Serve one request on ``conn``; return whether the connection stays open."""
         try:
-            request = await _read_request(stream, conn)
+            request = await _read_request(stream, conn, head_arrived)
         except h11.RemoteProtocolError as exc:
             # Malformed, oversized or truncated: answer with h11's suggested status
             # when the protocol still allows a response, then close.
@@ -220,8 +299,11 @@ class _Server:
         return _Response(200, body, content_type)
 
 
-async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> h11.Request | None:
+async def _read_request(
+    stream: trio.SocketStream, conn: h11.Connection, head_arrived: Callable[[], None]
+) -> h11.Request | None:
     """The next request, its body read and discarded; ``None`` if the client closed.
+    ``head_arrived`` is called once the request head is in.
 
     Raises ``h11.RemoteProtocolError`` for bytes that are not HTTP/1.1 and
     :class:`_BodyTooLarge` for a body over :data:`MAX_REQUEST_BODY_BYTES`.
@@ -231,6 +313,7 @@ async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> h11.
         return None
     if not isinstance(event, h11.Request):
         raise RuntimeError(f"h11 produced {event!r} while waiting for a request")
+    head_arrived()
     body_bytes = 0
     while True:
         part = await _next_event(stream, conn)
@@ -316,6 +399,13 @@ async def _linger(stream: trio.SocketStream) -> None:
             if not chunk:
                 return
             received += len(chunk)
+
+
+def _address(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "unknown"
 
 
 async def _refuse(stream: trio.SocketStream) -> None:

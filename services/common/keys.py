@@ -31,6 +31,10 @@ Keys
                                with the window's TTL
 ``{p}auth:reg:ip:{address}``   STRING accounts registered from a client address, with
                                the window's TTL
+``{p}addr:{address}:conns``    HASH  gateway id -> connections it holds from that client address
+``{p}addr:{address}:rate``     HASH  that address's connect-rate bucket (``tokens``, ``at`` ms)
+``{p}gw:{id}:addrs``           SET   client addresses with connections on that gateway
+``{p}bans``                    HASH  banned network (CIDR) -> ``{"reason", "until", "at"}`` JSON
 
 Channels
 --------
@@ -91,6 +95,20 @@ class Keys:
     @property
     def epoch(self) -> str:
         return f"{self.prefix}epoch"
+
+    def gateway_addrs(self, gateway_id: str) -> str:
+        return f"{self.prefix}gw:{gateway_id}:addrs"
+
+    # -- per-address admission and bans ---------------------------------------
+    def addr_conns(self, address: str) -> str:
+        return f"{self.prefix}addr:{address}:conns"
+
+    def addr_rate(self, address: str) -> str:
+        return f"{self.prefix}addr:{address}:rate"
+
+    @property
+    def bans(self) -> str:
+        return f"{self.prefix}bans"
 
     # -- rooms --------------------------------------------------------------
     @property

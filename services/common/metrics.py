@@ -83,6 +83,12 @@ class Metrics:
         self.connections_total: Final = Counter(
             "chat_connections_total", "Client connections accepted", registry=registry
         )
+        self.refused_connections_total: Final = Counter(
+            "chat_refused_connections_total",
+            "Client connections refused before a session, by reason",
+            ["reason"],
+            registry=registry,
+        )
         self.joins_total: Final = Counter(
             "chat_joins_total", "Nicknames accepted (clients that joined)", registry=registry
         )

@@ -31,6 +31,8 @@ import trio
 
 from services.common.bus import Bus, ClaimResult, PublishUncertain, RegisterResult, Resolution
 from services.common.bus.codec import (
+    Announce,
+    BansChanged,
     BroadcastMessage,
     Canary,
     Kick,
@@ -48,6 +50,7 @@ from services.common.metrics import Metrics
 from services.common.redis import RedisClient, RedisError, RedisUnavailable, Subscriber
 from services.gateway import protocol as p
 from services.gateway.accounts import Accounts, Checked
+from services.gateway.admission import Admission
 from services.gateway.commands import Commands
 from services.gateway.interfaces import Member
 from services.gateway.membership import Membership
@@ -112,14 +115,18 @@ class Gateway:
                            incarnation=self.incarnation)
         self.accounts = Accounts(settings, self.bus)
         self.commands = Commands(self)
+        self.admission = Admission(settings, self.bus)
         self.membership = Membership(
             settings, self.keys, self.bus, self.redis, self.subscriber, self.metrics,
             self.nicknames, name=self.gateway_id, incarnation=self.incarnation,
             client_count=lambda: len(self.server.sessions),
             tell_everyone=lambda line: self.server.tell_everyone(line),
+            admission=self.admission,
+            on_bans_loaded=lambda: self.server.disconnect_banned(),
         )
         self.server = Server(settings, self.metrics, make_session=self._make_session,
-                             admitting=self.membership.first_available)
+                             admitting=self.membership.first_available,
+                             admission=self.admission)
         self.node_channel = self.keys.node_channel(self.incarnation).encode()
         self.all_channel = self.keys.all_channel.encode()
         self.http_port: int | None = None
@@ -206,6 +213,7 @@ class Gateway:
         with trio.move_on_after(self.settings.drain_timeout_s):
             await self.server.drain(DRAIN_REASON)
             try:
+                await self.bus.release_addresses(self.incarnation, force=True)
                 await self.bus.retire()
             except RedisUnavailable:
                 pass
@@ -261,9 +269,13 @@ class Gateway:
                     member.deliver(p.private_line(member.nick or "", sender, p.sanitize(text)))
 
     def _on_broadcast(self, message: BroadcastMessage) -> None:
-        line = p.info(f"announcement: {p.sanitize(message.text)}")
-        for member in list(self.nicknames.by_nick.values()):
-            member.deliver(line)
+        match message:
+            case Announce(text=text):
+                line = p.info(f"announcement: {p.sanitize(text)}")
+                for member in list(self.nicknames.by_nick.values()):
+                    member.deliver(line)
+            case BansChanged():
+                self.spawn(self.membership.reload_bans)
 
     def _on_redis_state(self, connected: bool) -> None:
         self.membership.on_redis_state(connected)

@@ -33,6 +33,7 @@ from services.common.keys import Keys
 from services.common.metrics import Metrics
 from services.common.redis import RECONNECT_CAP_S, Backoff, RedisClient, RedisError, Subscriber
 from services.gateway import protocol as p
+from services.gateway.admission import Admission
 from services.gateway.registry import Nicknames
 
 log = structlog.get_logger()
@@ -55,6 +56,8 @@ class Membership:
         incarnation: str,
         client_count: Callable[[], int],
         tell_everyone: Callable[[bytes], None],
+        admission: Admission,
+        on_bans_loaded: Callable[[], int],
     ) -> None:
         self.settings = settings
         self.keys = keys
@@ -67,6 +70,8 @@ class Membership:
         self.incarnation = incarnation
         self.client_count = client_count
         self.tell_everyone = tell_everyone
+        self.admission = admission
+        self.on_bans_loaded = on_bans_loaded
         # What the heartbeat tells operators; the bound address once listening
         # (the configured port may be 0).
         self.listen_address = str(settings.listen)
@@ -175,6 +180,9 @@ class Membership:
             await self._heartbeat()
             await self._settle_predecessors()
             await self.nicknames.reassert(announce=announce)
+            await self.admission.sync(everything=True)
+            await self.admission.load_bans()
+            self.on_bans_loaded()
         except RedisError as exc:
             log.warning("redis.reassert_failed", error=str(exc))
             return False
@@ -187,8 +195,20 @@ class Membership:
         released), without waiting for their leases to expire: a process restarted
         under the same name must not serve clients beside its ghost."""
         for dead in await self.bus.predecessors(self.name):
+            # Addresses first: until the reap below, the predecessor stays listed,
+            # so a failure here is retried with the next re-assertion.
+            await self.bus.release_addresses(dead, force=True)
             released = await self.bus.reap(dead, force=True)
             log.warning("gateway.predecessor_reaped", predecessor=dead, released=len(released))
+
+    async def reload_bans(self) -> None:
+        """Reload the ban list and disconnect this gateway's clients it now covers."""
+        try:
+            await self.admission.load_bans()
+        except RedisError as exc:
+            log.warning("bans.load_failed", error=str(exc))
+            return
+        self.on_bans_loaded()
 
     # -- lease and reaper -------------------------------------------------------------
     async def _heartbeat(self) -> bool:
@@ -222,6 +242,11 @@ class Membership:
                         reclaim_pending = True
                     if reclaim_pending:
                         reclaim_pending = not await self.reassert(announce=True)
+                    # Pub/sub is at most once: a ban change announced while our
+                    # subscriber was away is picked up here; so is a count that
+                    # could not be written when a connection ended.
+                    await self.reload_bans()
+                    await self.admission.sync_quietly()
                     # Right after (re)connecting, our view of the leases is not to be
                     # trusted: after a Redis outage every lease looks expired until its
                     # owner has reconnected (its backoff may be longer than the lease)
@@ -230,7 +255,13 @@ class Membership:
                         await trio.sleep(self.settings.heartbeat_interval_s)
                         continue
                     for dead in await self.bus.dead_gateways():
+                        # Its per-address counts first: until the reap, it stays
+                        # listed, so a failure here is retried on the next beat.
+                        addresses = await self.bus.release_addresses(dead)
                         released = await self.bus.reap(dead)
+                        if addresses:
+                            log.warning("gateway.addresses_released", dead_gateway=dead,
+                                        addresses=addresses)
                         if released:
                             log.warning("gateway.reaped", dead_gateway=dead, released=len(released))
                 except RedisError as exc:

@@ -24,9 +24,11 @@ from typing import Protocol
 import structlog
 import trio
 
+from services.common.bans import client_address
 from services.common.config import Settings
 from services.common.metrics import Metrics
 from services.gateway import protocol as p
+from services.gateway.admission import Admission
 from services.gateway.proxy_protocol import ProxyProtocolError, is_trusted, read_proxy_header
 from services.gateway.tls import server_context
 
@@ -62,12 +64,16 @@ class Server:
         *,
         make_session: Callable[[trio.abc.Stream, str], Runnable],
         admitting: trio.Event,
+        admission: Admission,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.make_session = make_session
         self.admitting = admitting  # set once the gateway can serve clients
+        self.admission = admission
         self.sessions: set[Runnable] = set()
+        self.addresses: dict[Runnable, str] = {}  # each session's client address
+        self._banned: set[Runnable] = set()  # told to go for a ban, not gone yet
         self.ports: list[int] = []
         self.tls_ports: list[int] = []
         # Built here so a bad certificate or key fails at start (ConfigError).
@@ -113,6 +119,7 @@ class Server:
             if proxied is None:
                 return
             peer, leftover = proxied
+        address = client_address(peer.rsplit(":", 1)[0])
         stream: trio.abc.Stream = raw
         if tls:
             secured = await self._tls_handshake(raw, peer, leftover)
@@ -123,28 +130,67 @@ class Server:
             # Starting up: serve this client once we can, rather than refuse it.
             with trio.move_on_after(STARTUP_HOLD_S):
                 await self.admitting.wait()
+        ban = self.admission.banned(address)
+        if ban is not None:
+            await self._refuse(stream, peer, f"banned: {ban.reason or 'no reason given'}",
+                               reason="banned")
+            return
         if len(self.sessions) >= self.capacity or self.draining:
             reason = "gateway shutting down" if self.draining else "server full"
-            log.warning("client.refused", peer=peer, reason=reason)
-            with trio.move_on_after(REFUSAL_TIMEOUT_S):
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stream.send_all(p.error(f"disconnected: {reason}; try again later"))
-            await trio.aclose_forcefully(stream)
+            await self._refuse(stream, peer, f"{reason}; try again later", reason=reason)
             return
-        session = self.make_session(stream, peer)
-        self.sessions.add(session)
-        self.metrics.connections.inc()
-        self.metrics.connections_total.inc()
+        refusal = await self.admission.admit(address)
+        if refusal is not None:
+            await self._refuse(stream, peer, refusal[1], reason=refusal[0])
+            return
         try:
-            await session.run(leftover)
-        except Exception:
-            # One client's bug must not take the gateway down: log it once, with traceback.
-            log.exception("client.crashed", conn=session.conn_id, peer=peer)
+            session = self.make_session(stream, peer)
+            self.sessions.add(session)
+            self.addresses[session] = address
+            self.metrics.connections.inc()
+            self.metrics.connections_total.inc()
+            try:
+                await session.run(leftover)
+            except Exception:
+                # One client's bug must not take the gateway down: log it once, with traceback.
+                log.exception("client.crashed", conn=session.conn_id, peer=peer)
+            finally:
+                self.sessions.discard(session)
+                self.addresses.pop(session, None)
+                self._banned.discard(session)
+                self.metrics.connections.dec()
+                if self.draining and not self.sessions:
+                    self._all_gone.set()
         finally:
-            self.sessions.discard(session)
-            self.metrics.connections.dec()
-            if self.draining and not self.sessions:
-                self._all_gone.set()
+            # Whatever ended the session (or its creation), its count goes back.
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self.settings.redis_timeout_s):
+                    await self.admission.release(address)
+
+    async def _refuse(self, stream: trio.abc.Stream, peer: str, told: str, *, reason: str
+                      ) -> None:
+        """Tell a client why it is not served, in one line, and close."""
+        log.warning("client.refused", peer=peer, reason=reason)
+        self.metrics.refused_connections_total.labels(reason=reason.replace(" ", "_")).inc()
+        with trio.move_on_after(REFUSAL_TIMEOUT_S):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(p.error(f"disconnected: {told}"))
+        await trio.aclose_forcefully(stream)
+
+    def disconnect_banned(self) -> int:
+        """Disconnect every session whose address is now banned; how many."""
+        count = 0
+        if not self.admission.bans:
+            return 0
+        for session, address in list(self.addresses.items()):
+            ban = self.admission.banned(address)
+            if ban is not None and session not in self._banned:
+                self._banned.add(session)
+                log.warning("client.banned", conn=session.conn_id, address=address,
+                            ban=str(ban.network))
+                session.disconnect(f"banned: {ban.reason or 'no reason given'}")
+                count += 1
+        return count
 
     async def _tls_handshake(
         self, raw: trio.SocketStream, peer: str, leftover: bytes

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import h11
 import pytest
@@ -47,7 +48,8 @@ class Reply:
 
 
 async def start_server(
-    nursery: trio.Nursery, *, request_timeout_s: float = 10.0, max_connections: int = 64
+    nursery: trio.Nursery, *, request_timeout_s: float = 10.0, max_connections: int = 64,
+    **limits: Any,
 ) -> Server:
     readiness = Readiness()
     metrics = Metrics("gw-http-test")
@@ -60,6 +62,7 @@ async def start_server(
             metrics=metrics,
             request_timeout_s=request_timeout_s,
             max_connections=max_connections,
+            **limits,
         )
     )
     return Server(port, readiness, metrics)
@@ -110,12 +113,13 @@ class Client:
                 raise AssertionError(f"unexpected {event!r}")
 
 
-async def connect(server: Server) -> trio.SocketStream:
-    return await trio.open_tcp_stream("127.0.0.1", server.port)
+async def connect(server: Server, source: str | None = None) -> trio.SocketStream:
+    return await trio.open_tcp_stream("127.0.0.1", server.port, local_address=source)
 
 
-async def get(server: Server, target: str, method: str = "GET") -> Reply:
-    async with await connect(server) as stream:
+async def get(server: Server, target: str, method: str = "GET", source: str | None = None
+              ) -> Reply:
+    async with await connect(server, source) as stream:
         return await Client(stream).request(method, target)
 
 
@@ -278,16 +282,86 @@ async def test_idle_keep_alive_connection_is_closed_quietly(nursery: trio.Nurser
         assert await read_until_eof(stream) == b""
 
 
-async def test_connections_over_the_limit_are_refused(nursery: trio.Nursery) -> None:
-    server = await start_server(nursery, max_connections=1)
-    async with await connect(server) as first:
-        client = Client(first)
+async def test_at_the_limit_the_oldest_idle_connection_makes_room(nursery: trio.Nursery) -> None:
+    server = await start_server(nursery, max_connections=2, head_timeout_s=30)
+    async with await connect(server) as kept_alive, await connect(server) as never_used:
+        client = Client(kept_alive)
         assert (await client.request("GET", "/healthz")).status == 200
+        # Full: the socket that never sent a request goes first, not the kept-alive one.
+        assert (await get(server, "/healthz")).status == 200
+        with trio.fail_after(5):
+            assert await read_until_eof(never_used) == b""
+        assert (await client.request("GET", "/healthz")).status == 200
+    # With only kept-alive connections waiting, the oldest of them makes room.
+    server = await start_server(nursery, max_connections=1, head_timeout_s=30)
+    async with await connect(server) as kept_alive:
+        assert (await Client(kept_alive).request("GET", "/healthz")).status == 200
+        assert (await get(server, "/healthz")).status == 200
+        with trio.fail_after(5):
+            assert await read_until_eof(kept_alive) == b""
+
+
+async def test_the_per_address_cap_closes_that_address_own_oldest_idle_socket(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_server(nursery, max_connections_per_address=2, head_timeout_s=30)
+    async with await connect(server, "127.0.0.81") as other:
+        mine = [await connect(server, "127.0.0.80") for _ in range(2)]
+        assert (await get(server, "/healthz", source="127.0.0.80")).status == 200
+        with trio.fail_after(5):
+            assert await read_until_eof(mine[0]) == b""
+        # Another address's socket, older still, was left alone.
+        assert (await Client(other).request("GET", "/healthz")).status == 200
+        for stream in mine:
+            await stream.aclose()
+
+
+async def test_connections_over_the_limit_are_refused_when_all_are_busy(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_server(nursery, max_connections=1)
+    async with await connect(server) as busy:
+        # One write: a GET, then a POST whose body is still due.  The GET's answer
+        # proves the server read both; the POST's connection is then mid-request,
+        # not one to close for room.
+        await busy.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                            b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        client = Client(busy)
+        assert (await client.response()).status == 200
         received = await raw_exchange(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert received.startswith(b"HTTP/1.1 503 ")
         assert received.endswith(b"too many connections\n")
-        # The connection being served is unaffected.
-        assert (await client.request("GET", "/healthz")).status == 200
+        await busy.send_all(b"0123456789")
+        with trio.fail_after(5):  # and it is served after all
+            assert (await busy.receive_some(65536)).startswith(b"HTTP/1.1 405 ")
+
+
+async def test_a_connection_must_send_its_request_head_in_time(nursery: trio.Nursery) -> None:
+    server = await start_server(nursery, head_timeout_s=0.2)
+    async with await connect(server) as silent:
+        with trio.fail_after(5):
+            assert await read_until_eof(silent) == b""
+    async with await connect(server) as slow:
+        await slow.send_all(b"GET /healthz HTTP/1.1\r\nHo")
+        with trio.fail_after(5):
+            assert (await read_until_eof(slow)).startswith(b"HTTP/1.1 408 ")
+
+
+@pytest.mark.parametrize("flood_sources", [["127.0.0.1"], [f"127.0.0.{i}" for i in range(61, 66)]])
+async def test_healthz_answers_under_an_idle_connection_flood(
+    nursery: trio.Nursery, flood_sources: list[str]
+) -> None:
+    """Hundreds of sockets that never send a byte, from one address or several:
+    the probes, from the flooding address itself or another, are still served."""
+    server = await start_server(nursery)  # the defaults: 64 in all, 16 per address
+    flood = []
+    for i in range(300):
+        flood.append(await connect(server, flood_sources[i % len(flood_sources)]))
+    for source in ("127.0.0.1", "127.0.0.70", flood_sources[-1]):
+        with trio.fail_after(5):
+            assert (await get(server, "/healthz", source=source)).status == 200
+    for stream in flood:
+        await stream.aclose()
 
 
 async def test_standard_library_client(server: Server) -> None:

@@ -75,13 +75,23 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
+    yield from _stack(tmp_path, {})
+
+
+@pytest.fixture
+def limited_stack(tmp_path: Path) -> Iterator[Stack]:
+    yield from _stack(tmp_path, {"max_connections_per_ip": "2"})
+
+
+def _stack(tmp_path: Path, extra_settings: dict[str, str]) -> Iterator[Stack]:
     with ExitStack() as stack:
         url = stack.enter_context(RedisServer()).url
         ports = free_ports(7)
         lb_port, chat_ports, http_ports = ports[0], ports[1:4], ports[4:7]
         gateways = []
         for i, (port, http_port) in enumerate(zip(chat_ports, http_ports, strict=True), start=1):
-            settings = {"port": port, "http_port": http_port, **GATEWAY_SETTINGS}
+            settings = {"port": port, "http_port": http_port, **GATEWAY_SETTINGS,
+                        **extra_settings}
             proc = stack.enter_context(GatewayProcess(url, f"gw{i}", **settings)).start(20)
             gateways.append(Gw(f"gw{i}", port, http_port, proc))
         sock = tmp_path / "haproxy.sock"
@@ -183,6 +193,23 @@ def test_drained_gateway_leaves_rotation(stack: Stack) -> None:
                 10,
                 f"{nick}'s line at eve",
             )
+
+
+def test_per_address_limit_applies_to_the_real_client_address(limited_stack: Stack) -> None:
+    """Every client reaches the gateways from HAProxy's own address; the limit
+    counts the address in the PROXY v2 header, across all three gateways."""
+    with ExitStack() as closing:
+        for i in range(2):
+            client = closing.enter_context(connect_client(limited_stack.lb_port, source="127.0.0.51"))
+            client.login(f"limited{i}")
+        refused = LineClient(limited_stack.lb_port, source="127.0.0.51")
+        closing.enter_context(refused)
+        line = refused.read_until(lambda text: text.startswith("!! "), 10, "the refusal")
+        assert line == "!! disconnected: too many connections from your address (2, at most 2)"
+        assert refused.wait_closed(10)
+        for i in range(2):  # another address through the same balancer has its own count
+            client = closing.enter_context(connect_client(limited_stack.lb_port, source="127.0.0.52"))
+            client.login(f"free{i}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,4 +10,7 @@ FAST = {
     "canary_timeout_s": 2.0,
     "flood_burst": 5000,
     "flood_rate": 5000,
+    "max_connections_per_ip": 100000,
+    "connect_rate_per_ip": 100000,
+    "connect_burst_per_ip": 100000,
 }

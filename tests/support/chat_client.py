@@ -27,16 +27,20 @@ class ChatClient:
         self.nick: str | None = None
 
     @classmethod
-    async def connect(cls, port: int, host: str = "127.0.0.1") -> ChatClient:
-        return cls(await trio.open_tcp_stream(host, port))
+    async def connect(
+        cls, port: int, host: str = "127.0.0.1", *, source: str | None = None
+    ) -> ChatClient:
+        """Connect to ``host:port``; ``source`` binds the client's own address first
+        (on Linux any 127.x.y.z is a distinct loopback source address)."""
+        return cls(await trio.open_tcp_stream(host, port, local_address=source))
 
     @classmethod
     async def connect_tls(
         cls, port: int, context: ssl.SSLContext, host: str = "127.0.0.1",
-        server_hostname: str = "localhost",
+        server_hostname: str = "localhost", *, source: str | None = None,
     ) -> ChatClient:
         """Connect over TLS (the handshake done), verifying the server with ``context``."""
-        raw = await trio.open_tcp_stream(host, port)
+        raw = await trio.open_tcp_stream(host, port, local_address=source)
         stream = trio.SSLStream(raw, context, server_hostname=server_hostname)
         try:
             await stream.do_handshake()
@@ -47,11 +51,13 @@ class ChatClient:
 
     @classmethod
     async def join(
-        cls, port: int, nick: str, host: str = "127.0.0.1", *, tls: ssl.SSLContext | None = None
+        cls, port: int, nick: str, host: str = "127.0.0.1", *,
+        tls: ssl.SSLContext | None = None, source: str | None = None,
     ) -> ChatClient:
         """Connect (over TLS with ``tls``) and choose ``nick``; returns once the
         welcome and own join arrived."""
-        client = await (cls.connect(port, host) if tls is None else cls.connect_tls(port, tls, host))
+        client = await (cls.connect(port, host, source=source) if tls is None
+                        else cls.connect_tls(port, tls, host, source=source))
         await client.send(nick)
         await client.expect(rf"^== welcome, {re.escape(nick)}!")
         await client.expect(rf"^#\S+ -- {re.escape(nick)} joined the chat!$")

@@ -12,8 +12,13 @@ from collections.abc import Callable
 class LineClient:
     """A raw TCP chat client: lines in, lines out, every read with a deadline."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout_s: float = 5.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout_s)
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", timeout_s: float = 5.0, source: str | None = None
+    ) -> None:
+        # ``source``: the client's own address (any 127.x.y.z is distinct on Linux).
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout_s, source_address=(source, 0) if source else None
+        )
         self.local_port = int(self.sock.getsockname()[1])
         self.buffer = b""
         self.lines: list[str] = []  # every line received so far
@@ -91,13 +96,13 @@ class LineClient:
         self.close()
 
 
-def connect_client(port: int, timeout_s: float = 15.0) -> LineClient:
+def connect_client(port: int, timeout_s: float = 15.0, source: str | None = None) -> LineClient:
     """Connect and wait for the nickname prompt, retrying while the proxy has no server yet."""
     deadline = time.monotonic() + timeout_s
     while True:
         client = None
         try:
-            client = LineClient(port)
+            client = LineClient(port, source=source)
             client.read_until(lambda line: line.startswith("?? "), 5.0, "the nickname prompt")
             return client
         except (AssertionError, OSError):

@@ -145,6 +145,9 @@ class Bus:
     _set_password = Script("set_password")
     _auth_attempt = Script("auth_attempt")
     _auth_undo = Script("auth_undo")
+    _admit = Script("admit")
+    _release_addr = Script("release_addr")
+    _set_addr = Script("set_addr")
 
     def __init__(
         self, redis: RedisClient, keys: Keys, gateway_id: str, *,
@@ -455,6 +458,67 @@ class Bus:
         """Publish a message to one gateway; returns how many subscribers got it."""
         data = encode_message(message)
         return int(await self.redis.execute("PUBLISH", self.keys.node_channel(gateway_id), data))
+
+    # -- per-address admission -------------------------------------------------------
+    async def admit_address(
+        self, address: str, limit: int, rate: float, burst: int
+    ) -> tuple[bool, str, int]:
+        """Count a new connection from ``address`` if it is under its cluster-wide
+        limits (``limit`` connections, 0 = none; ``rate`` per second with ``burst``,
+        inf = none).  ``(True, "", held)`` when counted, ``(False, "rate" or
+        "connections", held)`` when refused (nothing counted)."""
+        k = self.keys
+        reply = await self._admit(
+            self.redis,
+            [k.addr_conns(address), k.addr_rate(address), k.gateway_addrs(self.gateway_id)],
+            [self.gateway_id, address, limit, "inf" if rate == float("inf") else repr(rate),
+             burst],
+        )
+        if int(reply[0]) == 1:
+            return True, "", int(reply[1])
+        return False, reply[1].decode(), int(reply[2])
+
+    async def release_address(self, address: str) -> int:
+        """One of this gateway's connections from ``address`` ended; returns how many
+        it still holds from there."""
+        k = self.keys
+        return int(await self._release_addr(
+            self.redis, [k.addr_conns(address), k.gateway_addrs(self.gateway_id)],
+            [self.gateway_id, address],
+        ))
+
+    async def set_address_count(
+        self, address: str, count: int, *, gateway: str | None = None, only_if_dead: bool = False
+    ) -> bool:
+        """Set what ``gateway`` (default: this one) holds from ``address`` to
+        ``count``; with ``only_if_dead``, only while its lease is gone.  ``True``
+        when set."""
+        gw = self.gateway_id if gateway is None else gateway
+        k = self.keys
+        return bool(await self._set_addr(
+            self.redis, [k.addr_conns(address), k.gateway_addrs(gw), k.gateway_alive(gw)],
+            [gw, address, count, 1 if only_if_dead else 0],
+        ))
+
+    async def counted_addresses(self, gateway: str | None = None) -> set[str]:
+        """Client addresses Redis counts connections for on ``gateway`` (default: this one)."""
+        gw = self.gateway_id if gateway is None else gateway
+        return {a.decode() for a in await self.redis.execute("SMEMBERS", self.keys.gateway_addrs(gw))}
+
+    async def release_addresses(self, gateway: str, *, force: bool = False) -> int:
+        """Drop every per-address count of a dead ``gateway`` (unless its lease is
+        alive and not ``force``); returns how many addresses were released.  Safe
+        to run from several gateways at once, and again after a failure."""
+        released = 0
+        for address in await self.counted_addresses(gateway):
+            if await self.set_address_count(address, 0, gateway=gateway, only_if_dead=not force):
+                released += 1
+        return released
+
+    async def bans(self) -> dict[str, str]:
+        """Every ban record: network -> JSON (see :mod:`services.common.bans`)."""
+        raw = await self.redis.execute("HGETALL", self.keys.bans)
+        return {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
 
     # -- gateway lease --------------------------------------------------------------
     async def heartbeat(self, ttl_s: float, info: dict[str, str | int]) -> bool:

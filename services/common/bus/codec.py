@@ -184,15 +184,23 @@ class Announce:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class BansChanged:
+    """The ban list in Redis changed (broadcast channel): every gateway reloads it
+    and disconnects its clients that are now banned."""
+
+    TYPE: ClassVar[str] = "bans"
+
+
 NodeMessage = Canary | Kick | PrivateMessage
-BroadcastMessage = Announce
+BroadcastMessage = Announce | BansChanged
 
 
 def encode_message(message: NodeMessage | BroadcastMessage) -> str:
     """The JSON text of a node or broadcast message."""
     fields: dict[str, Any]
     match message:
-        case Canary():
+        case Canary() | BansChanged():
             fields = {}
         case Kick(nick=nick, reason=reason):
             fields = {"nick": nick, "reason": reason}
@@ -226,4 +234,6 @@ def decode_broadcast(data: bytes | str) -> BroadcastMessage:
     kind = _string(obj, "t")
     if kind == Announce.TYPE:
         return Announce(text=_string(obj, "text"))
+    if kind == BansChanged.TYPE:
+        return BansChanged()
     raise UnknownMessage(f"unknown broadcast message type {kind!r}", kind)

@@ -149,3 +149,36 @@ async def test_resolve_matches_the_id_and_the_origin_gateway(
         assert await mine[0].resolve(lost) == (Resolution.NOT_PUBLISHED, 0)
         assert (await other[0].resolve(lost))[0] is Resolution.PUBLISHED
         nursery.cancel_scope.cancel()
+
+
+async def test_address_counts_sum_over_gateways_and_a_dead_ones_share_is_dropped_alone(
+    redis_server: RedisServer, rc: redis.Redis, key_prefix: str
+) -> None:
+    p = key_prefix
+    alive, dead = incarnation_id("gw", "alive"), incarnation_id("gw", "dead")
+    rc.set(f"{p}gw:{dead}:alive", "1", px=60_000)
+    inf = float("inf")
+    bus_a, client_a = await _bus(redis_server, p, alive)
+    bus_d, client_d = await _bus(redis_server, p, dead)
+    async with trio.open_nursery() as nursery:
+        for client in (client_a, client_d):
+            await nursery.start(client.run)
+            await client.wait_connected()
+        assert await bus_a.admit_address("10.0.0.9", 3, inf, 1) == (True, "", 1)
+        assert await bus_d.admit_address("10.0.0.9", 3, inf, 1) == (True, "", 2)
+        assert await bus_d.admit_address("10.0.0.9", 3, inf, 1) == (True, "", 3)
+        assert await bus_a.admit_address("10.0.0.9", 3, inf, 1) == (False, "connections", 3)
+        assert await bus_d.admit_address("2001:db8::1", 3, inf, 1) == (True, "", 1)
+        assert not rc.exists(f"{p}addr:10.0.0.9:rate")  # no rate limit: no bucket
+        # Its lease is alive: the reaper leaves its counts alone unless forced.
+        assert await bus_a.release_addresses(dead) == 0
+        rc.delete(f"{p}gw:{dead}:alive")
+        assert await bus_a.release_addresses(dead) == 2
+        assert await bus_a.release_addresses(dead) == 0  # nothing left: harmless again
+        # The owner's own sync sets an absolute count; 0 removes its entry.
+        assert await bus_a.set_address_count("10.0.0.9", 2)
+        assert await bus_a.release_address("10.0.0.9") == 1
+        assert await bus_a.release_address("10.0.0.9") == 0
+        nursery.cancel_scope.cancel()
+    assert not rc.exists(f"{p}addr:10.0.0.9:conns", f"{p}addr:2001:db8::1:conns")
+    assert not rc.exists(f"{p}gw:{alive}:addrs", f"{p}gw:{dead}:addrs")

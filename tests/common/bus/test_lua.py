@@ -40,8 +40,9 @@ def declared(header: str, table: str) -> set[int]:
 
 
 def test_every_script_is_run_by_the_bus_and_ships_with_the_package() -> None:
-    expected = ["auth_attempt", "auth_undo", "claim", "join_room", "leave_room", "publish", "reap",
-                "register", "release", "rename", "resolve", "set_password"]
+    expected = ["admit", "auth_attempt", "auth_undo", "claim", "join_room", "leave_room",
+                "publish", "reap", "register", "release", "release_addr", "rename", "resolve",
+                "set_addr", "set_password"]
     assert script_names() == expected
     used = {v.name for v in vars(Bus).values() if isinstance(v, Script)}
     assert used == set(SCRIPTS)
@@ -193,4 +194,11 @@ async def test_every_key_a_script_writes_was_passed_to_it(
     assert await g2.reap("g1~a") == ["Carl"]
     await g2.heartbeat(60, {"pid": 2})
     assert await g1.reap("g2~b", force=True) == ["Bob"]
+    assert await g1.admit_address("10.0.0.1", 2, 5.0, 3) == (True, "", 1)
+    assert await g2.admit_address("10.0.0.1", 2, 5.0, 3) == (True, "", 2)
+    assert await g1.admit_address("10.0.0.1", 2, 5.0, 3) == (False, "connections", 2)
+    assert await g1.admit_address("10.0.0.1", 2, 5.0, 3) == (False, "rate", 0)  # burst spent
+    assert await g1.release_address("10.0.0.1") == 0
+    assert await g2.set_address_count("10.0.0.1", 4)
+    assert await g1.release_addresses("g2~b", force=True) == 1
     assert set(calls) == set(SCRIPTS) - {"resolve"}  # resolve only reads
