@@ -67,13 +67,14 @@ def settings_from(env: dict[str, str]) -> Settings:
 
 
 def duration_s(value: str | int | float) -> float:
-    """Compose durations: ``20s``, ``1m30s``, ``1500ms`` or a number of seconds."""
+    """Compose and HAProxy durations: ``20s``, ``1m30s``, ``1500ms``, ``7d`` or a
+    number of seconds."""
     text = str(value)
     if re.fullmatch(r"\d+(\.\d+)?", text):
         return float(text)
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    units = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
     total = 0.0
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|d|h|m|s)", text)
     assert "".join(n + u for n, u in parts) == text, f"bad duration {text!r}"
     for number, unit in parts:
         total += float(number) * units[unit]
@@ -236,7 +237,10 @@ def test_haproxy_config_has_the_required_policy() -> None:
         if parts[0] == "timeout"
     }
     assert {"connect", "check", "client", "server", "tunnel"} <= set(timeouts)
-    assert min(timeouts["client"], timeouts["server"], timeouts["tunnel"]) >= 3600
+    # A quiet person is not cut by the balancer; dead peers are found by keepalive.
+    assert min(timeouts["client"], timeouts["server"], timeouts["tunnel"]) >= 24 * 3600
+    options = {" ".join(line.split()) for lines in sections.values() for line in lines}
+    assert {"option clitcpka", "option srvtcpka"} <= options
     assert timeouts["connect"] <= 10 and timeouts["check"] <= 10
 
 
