@@ -23,7 +23,7 @@ from services.common.bans import (
     parse_network,
 )
 from services.common.bus.codec import Announce, BansChanged, Kick, encode_message
-from services.common.config import RedisURL
+from services.common.config import RedisURL, Settings
 from services.common.keys import Keys, incarnation_name, parse_owner_record
 from services.common.names import fold_nick
 
@@ -63,8 +63,20 @@ class GatewayState:
     uptime_s: float | None
 
 
-def connect(url: RedisURL, timeout_s: float) -> redis.Redis:
-    """A redis-py client for ``url``; every command and connect has ``timeout_s``."""
+def connect(url: RedisURL, timeout_s: float, settings: Settings | None = None) -> redis.Redis:
+    """A redis-py client for ``url``; every command and connect has ``timeout_s``.
+    A ``rediss://`` URL uses TLS with the ``CHAT_REDIS_TLS_*`` files of
+    ``settings``, verifying the certificate and the host name as the gateway does."""
+    tls: dict[str, Any] = {}
+    if url.tls:
+        tls = {
+            "ssl": True,
+            "ssl_cert_reqs": "required",
+            "ssl_check_hostname": True,
+            "ssl_ca_certs": (settings.redis_tls_ca or None) if settings else None,
+            "ssl_certfile": (settings.redis_tls_cert or None) if settings else None,
+            "ssl_keyfile": (settings.redis_tls_key or None) if settings else None,
+        }
     return redis.Redis(
         host=url.host,
         port=url.port,
@@ -74,6 +86,7 @@ def connect(url: RedisURL, timeout_s: float) -> redis.Redis:
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         decode_responses=True,
+        **tls,
     )
 
 
