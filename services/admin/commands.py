@@ -8,6 +8,7 @@ text and :mod:`services.admin.cli` into exit statuses.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +64,14 @@ class GatewayState:
     uptime_s: float | None
 
 
+# No CLIENT SETINFO on connect: the documented ACL does not grant it (and Redis
+# before 7.2 has no such command).  redis-py 7+ spells it driver_info=None.
+_NO_CLIENT_SETINFO: dict[str, Any] = (
+    {"driver_info": None} if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
+
+
 def connect(url: RedisURL, timeout_s: float, settings: Settings | None = None) -> redis.Redis:
     """A redis-py client for ``url``; every command and connect has ``timeout_s``.
     A ``rediss://`` URL uses TLS with the ``CHAT_REDIS_TLS_*`` files of
@@ -86,6 +95,7 @@ def connect(url: RedisURL, timeout_s: float, settings: Settings | None = None) -
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         decode_responses=True,
+        **_NO_CLIENT_SETINFO,
         **tls,
     )
 
