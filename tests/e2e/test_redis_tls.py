@@ -4,22 +4,26 @@ One redis-server for the module speaks only TLS and wants a client certificate
 (mutual TLS).  Two gateway processes chat through it; chat-admin works over it;
 each way the certificates can be wrong at start-up (a CA that did not sign
 Redis's certificate, a host name the certificate does not name, no client
-certificate, an unreadable file) is one line on stderr and exit status 2.
+certificate, an unreadable file) is one line on stderr and exit status 2.  After
+start-up, a failed handshake is a connection failure: logged and retried.
 """
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 import trio
 import trustme
 
 from services.admin.cli import main as admin_main
-from services.common.redis import stream_socket
+from services.common.config import parse_redis_url
+from services.common.redis import RedisClient, stream_socket
 from tests.common.test_redis_keepalive import assert_keepalive
 from tests.conftest import StartGateway
 from tests.support.chat_client import ChatClient
@@ -133,3 +137,19 @@ async def test_gateway_redis_sockets_over_tls_have_keepalive(
     for stream in (gw.redis._conn.stream, gw.subscriber._stream):
         assert isinstance(stream, trio.SSLStream)
         assert_keepalive(stream_socket(stream))
+
+
+async def test_a_failed_handshake_after_start_up_is_logged_and_retried(
+    tls_redis: TLSRedisServer,
+) -> None:
+    wrong = ssl.create_default_context()
+    trustme.CA().configure_trust(wrong)
+    client = RedisClient(parse_redis_url(tls_redis.url), name="chat:late:cmd", tls=wrong)
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            await wait_until(lambda: any(e["event"] == "redis.connect_failed" for e in logs))
+            assert not client.connected
+            nursery.cancel_scope.cancel()  # still retrying: run() did not raise
+    failed = next(e for e in logs if e["event"] == "redis.connect_failed")
+    assert "certificate verify failed" in failed["error"]
