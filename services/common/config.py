@@ -246,7 +246,8 @@ class Settings:
     redis_url: RedisURL = _setting(
         "redis://127.0.0.1:6379/0",
         parse_redis_url,
-        "Redis to share with the other gateways (password and db in the URL)",
+        "Redis to share with the other gateways (user and password in the URL; rediss:// for"
+        " TLS; database 0 only: CHAT_KEY_PREFIX separates deployments)",
         metavar="URL",
     )
     gateway_id: str = _setting(
