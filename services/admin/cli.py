@@ -107,8 +107,9 @@ def read_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     Raises :class:`UsageError`.
     """
     flags = {"redis_url": args.redis_url, "key_prefix": args.key_prefix}
+    only = (*flags, "redis_tls_ca", "redis_tls_cert", "redis_tls_key")
     try:
-        return Settings(**given_settings(environ, flags, only=flags))
+        return Settings(**given_settings(environ, flags, only=only))
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
 
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace, out: TextIO, environ: Mapping[str, str]) -> in
     url = settings.redis_url
     keys = Keys(settings.key_prefix)
     as_json = getattr(args, "json", False)
-    client = connect(url, args.timeout_s)
+    client = connect(url, args.timeout_s, settings)
     try:
         result: Any
         if args.command == "who":

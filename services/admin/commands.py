@@ -8,6 +8,7 @@ text and :mod:`services.admin.cli` into exit statuses.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from services.common.bans import (
     parse_network,
 )
 from services.common.bus.codec import Announce, BansChanged, Kick, encode_message
-from services.common.config import RedisURL
+from services.common.config import RedisURL, Settings
 from services.common.keys import Keys, incarnation_name, parse_owner_record
 from services.common.names import fold_nick
 
@@ -63,8 +64,28 @@ class GatewayState:
     uptime_s: float | None
 
 
-def connect(url: RedisURL, timeout_s: float) -> redis.Redis:
-    """A redis-py client for ``url``; every command and connect has ``timeout_s``."""
+# No CLIENT SETINFO on connect: the documented ACL does not grant it (and Redis
+# before 7.2 has no such command).  redis-py 7+ spells it driver_info=None.
+_NO_CLIENT_SETINFO: dict[str, Any] = (
+    {"driver_info": None} if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
+
+
+def connect(url: RedisURL, timeout_s: float, settings: Settings | None = None) -> redis.Redis:
+    """A redis-py client for ``url``; every command and connect has ``timeout_s``.
+    A ``rediss://`` URL uses TLS with the ``CHAT_REDIS_TLS_*`` files of
+    ``settings``, verifying the certificate and the host name as the gateway does."""
+    tls: dict[str, Any] = {}
+    if url.tls:
+        tls = {
+            "ssl": True,
+            "ssl_cert_reqs": "required",
+            "ssl_check_hostname": True,
+            "ssl_ca_certs": (settings.redis_tls_ca or None) if settings else None,
+            "ssl_certfile": (settings.redis_tls_cert or None) if settings else None,
+            "ssl_keyfile": (settings.redis_tls_key or None) if settings else None,
+        }
     return redis.Redis(
         host=url.host,
         port=url.port,
@@ -74,6 +95,8 @@ def connect(url: RedisURL, timeout_s: float) -> redis.Redis:
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         decode_responses=True,
+        **_NO_CLIENT_SETINFO,
+        **tls,
     )
 
 

@@ -23,7 +23,10 @@ from services.common.probes import free_port, port_is_free
 MAX_GATEWAYS_BEHIND_HAPROXY = 9  # deploy/haproxy/haproxy.cfg has server lines gw1..gw9
 DEFAULT_HAPROXY_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
 # The settings the cluster itself uses; the gateways read (and check) the rest.
-CLUSTER_SETTINGS = ("redis_url", "log_format", "drain_timeout_s")
+# The Redis TLS files are read so that a mistake (set without rediss://) stops the
+# cluster before any gateway starts; the gateways get them from the environment.
+CLUSTER_SETTINGS = ("redis_url", "log_format", "drain_timeout_s", "redis_tls_ca",
+                    "redis_tls_cert", "redis_tls_key")
 
 
 class ClusterError(Exception):

@@ -43,7 +43,7 @@ class HostPort:
 
 @dataclass(frozen=True, slots=True)
 class RedisURL:
-    """A parsed ``redis://[user:password@]host:port/db`` URL."""
+    """A parsed ``redis://[user:password@]host:port/db`` URL (``rediss://``: over TLS)."""
 
     host: str = "127.0.0.1"
     port: int = 6379
@@ -52,12 +52,14 @@ class RedisURL:
     # Kept out of repr() too: a Settings or RedisURL in a log line or a
     # traceback must not show it.
     password: str | None = field(default=None, repr=False)
+    tls: bool = False  # rediss://: TLS with the CHAT_REDIS_TLS_* files
 
     def __str__(self) -> str:
         auth = ""
         if self.password is not None:
             auth = f"{self.username or ''}:***@"
-        return f"redis://{auth}{self.host}:{self.port}/{self.db}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
 
 
 def _default_gateway_id() -> str:
@@ -122,8 +124,8 @@ def parse_redis_url(raw: str) -> RedisURL:
         parts = urlsplit(raw.strip())
     except ValueError:
         raise ValueError(f"not a URL: {shown!r}") from None
-    if parts.scheme != "redis":
-        raise ValueError(f"expected redis://host:port/db, got {shown!r}")
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"expected redis://host:port/db or rediss:// (TLS), got {shown!r}")
     try:
         port = parts.port or 6379
     except ValueError:
@@ -137,6 +139,7 @@ def parse_redis_url(raw: str) -> RedisURL:
         db=int(path or 0),
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
+        tls=parts.scheme == "rediss",
     )
 
 
@@ -243,7 +246,8 @@ class Settings:
     redis_url: RedisURL = _setting(
         "redis://127.0.0.1:6379/0",
         parse_redis_url,
-        "Redis to share with the other gateways (password and db in the URL)",
+        "Redis to share with the other gateways (user and password in the URL; rediss:// for"
+        " TLS; database 0 only: CHAT_KEY_PREFIX separates deployments)",
         metavar="URL",
     )
     gateway_id: str = _setting(
@@ -481,6 +485,22 @@ class Settings:
         metavar="N",
     )
 
+    # -- secure Redis link: TLS to Redis, isolation (issue 12) -------------------------
+    redis_tls_ca: str = _setting(
+        "",
+        parse_path,
+        "PEM CA bundle that signs Redis's certificate, for rediss:// URLs (empty: the"
+        " system's CAs); the host name (or IP, which needs an IP SAN) is verified",
+        metavar="PATH",
+    )
+    redis_tls_cert: str = _setting(
+        "", parse_path, "PEM client certificate for Redis (mutual TLS; needs"
+        " CHAT_REDIS_TLS_KEY)", metavar="PATH",
+    )
+    redis_tls_key: str = _setting(
+        "", parse_path, "PEM private key (unencrypted) of CHAT_REDIS_TLS_CERT", metavar="PATH",
+    )
+
     def __post_init__(self) -> None:
         if self.gateway_id is None:
             object.__setattr__(self, "gateway_id", _default_gateway_id())
@@ -529,6 +549,22 @@ class Settings:
             )
         if self.connect_rate_per_ip <= 0:
             raise ConfigError("CHAT_CONNECT_RATE_PER_IP must be positive (inf = no limit)")
+        self._check_redis_link()
+
+    def _check_redis_link(self) -> None:
+        # Pub/sub ignores SELECT: two deployments on two databases with one prefix
+        # would hear each other's rooms.  The prefix separates deployments.
+        if self.redis_url.db != 0:
+            raise ConfigError(
+                f"CHAT_REDIS_URL selects database {self.redis_url.db}: pub/sub ignores the"
+                " database number, so use database 0 and CHAT_KEY_PREFIX to separate deployments"
+            )
+        if bool(self.redis_tls_cert) != bool(self.redis_tls_key):
+            raise ConfigError("CHAT_REDIS_TLS_CERT and CHAT_REDIS_TLS_KEY go together")
+        if not self.redis_url.tls and (self.redis_tls_ca or self.redis_tls_cert):
+            raise ConfigError(
+                "CHAT_REDIS_TLS_CA/CERT/KEY are set but CHAT_REDIS_URL is not rediss://"
+            )
 
 
 ENV_PREFIX = "CHAT_"

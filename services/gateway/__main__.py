@@ -1,7 +1,8 @@
 """``python -m services.gateway`` / ``chat-gateway``: run one gateway.
 
-Exit status: 0 after a graceful drain, 2 for invalid configuration, 1 when a
-second signal cut the drain short.
+Exit status: 0 after a graceful drain, 2 for invalid configuration (a failed
+TLS handshake with Redis at start-up included), 1 when a second signal cut the
+drain short.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import trio
 
 from services.common.config import ConfigError, Settings, load_settings
 from services.common.logging import configure_logging
+from services.common.redis import RedisTLSError, check_redis_tls, redis_tls_context
 from services.gateway.gateway import Gateway
 from services.gateway.tls import server_context
 
@@ -49,7 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
         server_context(settings)  # unreadable or mismatched TLS files: exit 2 here
-    except ConfigError as exc:
+        redis_tls_context(settings)
+        # The first connection's TLS verdict is final: a certificate that does not
+        # verify now will not verify on the next attempt either.  Later failures
+        # are retried like any lost connection (Redis may be mid certificate swap).
+        trio.run(check_redis_tls, settings)
+    except (ConfigError, RedisTLSError) as exc:
         print(f"chat-gateway: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(fmt=settings.log_format, level=settings.log_level, gateway=settings.gateway_id)

@@ -47,7 +47,13 @@ from services.common.http import serve_http
 from services.common.keys import Keys, incarnation_id
 from services.common.logging import LogThrottle
 from services.common.metrics import Metrics
-from services.common.redis import RedisClient, RedisError, RedisUnavailable, Subscriber
+from services.common.redis import (
+    RedisClient,
+    RedisError,
+    RedisUnavailable,
+    Subscriber,
+    redis_tls_context,
+)
 from services.gateway import protocol as p
 from services.gateway.accounts import Accounts, Checked
 from services.gateway.admission import Admission
@@ -86,12 +92,14 @@ class Gateway:
         self.outbox_budget = OutboxBudget(settings.outbox_total_bytes)
         self.metrics.outbox_queued_bytes.set_function(lambda: self.outbox_budget.used)
         self._nursery: trio.Nursery | None = None
+        redis_tls = redis_tls_context(settings)  # ConfigError for unusable files
         self.redis = RedisClient(
             settings.redis_url,
             timeout_s=settings.redis_timeout_s,
             name=f"chat:{self.gateway_id}:cmd",
             on_state=self._on_redis_state,
             on_reconnect=self.metrics.redis_reconnects_total.labels(connection="command").inc,
+            tls=redis_tls,
         )
         self.subscriber = Subscriber(
             settings.redis_url,
@@ -101,6 +109,7 @@ class Gateway:
             name=f"chat:{self.gateway_id}:sub",
             on_state=self._on_redis_state,
             on_reconnect=self._on_subscriber_reconnect,
+            tls=redis_tls,
         )
         self.bus = Bus(self.redis, self.keys, self.incarnation, room_ttl_s=settings.room_ttl_s,
                        log_bytes=settings.room_log_bytes,

@@ -224,9 +224,9 @@ def test_unreachable_redis_is_a_clear_error(capsys: pytest.CaptureFixture[str]) 
 def test_settings_come_from_flags_then_chat_variables() -> None:
     from services.admin.cli import build_parser, read_settings
 
-    env = {"CHAT_REDIS_URL": "redis://env:1/2", "CHAT_KEY_PREFIX": "env:", "CHAT_MAX_CLIENTS": "0"}
+    env = {"CHAT_REDIS_URL": "redis://env:1/0", "CHAT_KEY_PREFIX": "env:", "CHAT_MAX_CLIENTS": "0"}
     settings = read_settings(build_parser().parse_args(["who"]), env)
-    assert (str(settings.redis_url), settings.key_prefix) == ("redis://env:1/2", "env:")
+    assert (str(settings.redis_url), settings.key_prefix) == ("redis://env:1/0", "env:")
     argv = ["--redis-url", "redis://flag:3/0", "--key-prefix", "", "who"]
     settings = read_settings(build_parser().parse_args(argv), env)
     assert (str(settings.redis_url), settings.key_prefix) == ("redis://flag:3/0", "")

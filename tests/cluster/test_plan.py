@@ -33,14 +33,23 @@ def test_defaults_come_from_settings() -> None:
 
 
 def test_chat_variables_it_uses() -> None:
-    env = {"CHAT_REDIS_URL": "redis://:pw@db:6380/1", "CHAT_DRAIN_TIMEOUT_S": "3", "CHAT_LOG_FORMAT": "json"}
+    env = {"CHAT_REDIS_URL": "redis://:pw@db:6380/0", "CHAT_DRAIN_TIMEOUT_S": "3", "CHAT_LOG_FORMAT": "json"}
     plan = plan_for(env=env)
-    assert plan.redis_url == RedisURL("db", 6380, 1, None, "pw") and plan.redis_bin is None
+    assert plan.redis_url == RedisURL("db", 6380, 0, None, "pw") and plan.redis_bin is None
     assert plan.stop_timeout_s == 8.0
     assert plan.log_format == "json"
     gw_env = plan.gateway_env(plan.gateways[0], None, env)
-    assert gw_env["CHAT_REDIS_URL"] == "redis://:pw@db:6380/1"  # passed on as given, password and all
+    assert gw_env["CHAT_REDIS_URL"] == "redis://:pw@db:6380/0"  # passed on as given, password and all
     assert gw_env["CHAT_GATEWAY_ID"] == "gw1" and gw_env["CHAT_LOG_FORMAT"] == "json"
+
+
+def test_an_external_tls_redis_passes_its_tls_files_on() -> None:
+    env = {"CHAT_REDIS_URL": "rediss://u:pw@db:6380/0", "CHAT_REDIS_TLS_CA": "/ca.pem",
+           "CHAT_REDIS_TLS_CERT": "/c.pem", "CHAT_REDIS_TLS_KEY": "/k.pem"}
+    plan = plan_for(env=env)
+    assert plan.redis_url is not None and plan.redis_url.tls
+    gw_env = plan.gateway_env(plan.gateways[0], None, env)
+    assert {k: gw_env[k] for k in env} == env
 
 
 def test_other_settings_are_left_to_the_gateways() -> None:
@@ -54,6 +63,8 @@ def test_other_settings_are_left_to_the_gateways() -> None:
         ({"CHAT_DRAIN_TIMEOUT_S": "soon"}, "invalid CHAT_DRAIN_TIMEOUT_S"),
         ({"CHAT_LOG_FORMAT": "xml"}, "invalid CHAT_LOG_FORMAT"),
         ({"CHAT_REDIS_URL": "http://x"}, "invalid CHAT_REDIS_URL"),
+        ({"CHAT_REDIS_URL": "redis://x:1/1"}, "CHAT_REDIS_URL selects database 1"),
+        ({"CHAT_REDIS_TLS_CA": "/ca.pem"}, "CHAT_REDIS_TLS_CA/CERT/KEY are set but"),
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str], message: str) -> None:

@@ -36,7 +36,7 @@ def test_gateway_ids_are_unique_per_process_by_default() -> None:
 def test_environment_and_flags_flag_wins() -> None:
     env = {
         "CHAT_LISTEN": "0.0.0.0:7001",
-        "CHAT_REDIS_URL": "redis://:s3cret@redis.example:6380/3",
+        "CHAT_REDIS_URL": "redis://:s3cret@redis.example:6380/0",
         "CHAT_GATEWAY_ID": "gw1",
         "CHAT_LOG_FORMAT": "console",
         "CHAT_LOG_LEVEL": "debug",
@@ -44,7 +44,7 @@ def test_environment_and_flags_flag_wins() -> None:
     }
     s = load_settings(["--gateway-id", "from-flag", "--max-line-bytes", "100"], env)
     assert s.listen == HostPort("0.0.0.0", 7001)
-    assert s.redis_url == RedisURL("redis.example", 6380, 3, None, "s3cret")
+    assert s.redis_url == RedisURL("redis.example", 6380, 0, None, "s3cret")
     assert "s3cret" not in str(s.redis_url)
     assert s.gateway_id == "from-flag"
     assert s.log_format == "console" and s.log_level == "debug"
@@ -53,8 +53,37 @@ def test_environment_and_flags_flag_wins() -> None:
 
 
 def test_redis_url_with_user_and_password() -> None:
-    s = load_settings(["--redis-url", "redis://chat:p%40ss@127.0.0.1:6379/2"], {})
-    assert (s.redis_url.username, s.redis_url.password, s.redis_url.db) == ("chat", "p@ss", 2)
+    s = load_settings(["--redis-url", "redis://chat:p%40ss@127.0.0.1:6379/0"], {})
+    assert (s.redis_url.username, s.redis_url.password, s.redis_url.db) == ("chat", "p@ss", 0)
+    assert not s.redis_url.tls
+
+
+def test_rediss_url_means_tls() -> None:
+    s = load_settings(["--redis-url", "rediss://chat:pw@redis.example:6380/0"], {})
+    assert s.redis_url == RedisURL("redis.example", 6380, 0, "chat", "pw", tls=True)
+    assert str(s.redis_url) == "rediss://chat:***@redis.example:6380/0"
+
+
+def test_a_non_zero_database_is_refused_because_pub_sub_ignores_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings([], {"CHAT_REDIS_URL": "redis://127.0.0.1:6379/2"})
+    assert str(info.value) == (
+        "CHAT_REDIS_URL selects database 2: pub/sub ignores the database number, so use"
+        " database 0 and CHAT_KEY_PREFIX to separate deployments"
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"CHAT_REDIS_TLS_CA": "/ca.pem"}, "CHAT_REDIS_URL is not rediss://"),
+        ({"CHAT_REDIS_URL": "rediss://h:1/0", "CHAT_REDIS_TLS_CERT": "/c.pem"},
+         "CHAT_REDIS_TLS_CERT and CHAT_REDIS_TLS_KEY go together"),
+    ],
+)
+def test_redis_tls_files_that_cannot_be_used(env: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_settings([], env)
 
 
 @pytest.mark.parametrize(

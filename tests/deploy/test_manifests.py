@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from services.common.config import ConfigError, Settings, env_name, load_settings
+from tests.support.redis_acl import aclfile_text, documented_acl_lines
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose.yaml"
@@ -310,7 +311,7 @@ def container_env(container: dict[str, Any]) -> dict[str, str]:
         elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
             env[item["name"]] = "chat-gateway-7d9f8c6b5-x2kq9"
         elif "secretKeyRef" in item.get("valueFrom", {}):
-            env[item["name"]] = "redis://:secret@redis.example:6379/0"
+            env[item["name"]] = "redis://chat-gateway:secret@redis.example:6379/0"
         else:
             raise AssertionError(f"unexpected env source: {item}")
     return env
@@ -386,3 +387,34 @@ def test_k8s_service_is_a_tcp_load_balancer_onto_the_chat_port() -> None:
     (http_port,) = http["spec"]["ports"]
     assert settings.http_listen is not None
     assert named_port(container, http_port["targetPort"]) == settings.http_listen.port
+
+
+def test_compose_redis_uses_the_documented_acl() -> None:
+    services = load_compose()["services"]
+    redis_svc = services["redis"]
+    command = [str(part) for part in redis_svc["command"]]
+    aclfile = command[command.index("--aclfile") + 1]
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in redis_svc["volumes"]
+              if str(v).startswith("./")}
+    assert mounts[aclfile] == "./deploy/redis/users.acl"
+    assert str(redis_svc["volumes"][-1]).endswith(":ro")
+    lines = [line for line in (REPO / "deploy" / "redis" / "users.acl").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    gateway_url = settings_from(service_env(services["gw1"])).redis_url
+    assert gateway_url.username == "chat-gateway" and gateway_url.password
+    health = [str(part) for part in redis_svc["healthcheck"]["test"]]
+    admin_password = health[health.index("--pass") + 1]
+    # The file is the documented ACL with compose's passwords, line for line.
+    assert "\n".join(lines) + "\n" == aclfile_text(gateway_url.password, admin_password)
+    for name in GATEWAYS:
+        assert settings_from(service_env(services[name])).redis_url == gateway_url
+
+
+def test_k8s_redis_url_comes_from_a_secret_with_a_user() -> None:
+    container = gateway_container()
+    item = next(e for e in container["env"] if e["name"] == "CHAT_REDIS_URL")
+    assert item["valueFrom"]["secretKeyRef"]["name"] == "chat-redis"
+    readme = (REPO / "deploy" / "k8s" / "README.md").read_text()
+    assert "redis://chat-gateway:" in readme
+    for line in documented_acl_lines():
+        assert line in readme, f"deploy/k8s/README.md lacks the ACL line {line[:40]!r}..."

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(find_redis_server() is None, reason="no redis-se
     [
         f"redis://:{PASSWORD}@127.0.0.1:notaport/0",
         f"redis://chat:{PASSWORD}@127.0.0.1:6379/notadb",
-        f"rediss://:{PASSWORD}@127.0.0.1:6379/0",
+        f"redis+tls://:{PASSWORD}@127.0.0.1:6379/0",
         f"http://user:{PASSWORD}@host/0",
         f"redis://:{PASSWORD}@[::1/0",
         f"redis://:{PASSWORD}@with@at@127.0.0.1:x/0",
@@ -53,7 +53,7 @@ def test_a_bad_redis_url_is_reported_without_its_password(url: str) -> None:
 
 
 def test_settings_never_show_the_password() -> None:
-    settings = load_settings([], {"CHAT_REDIS_URL": f"redis://chat:{PASSWORD}@db:6380/1"})
+    settings = load_settings([], {"CHAT_REDIS_URL": f"redis://chat:{PASSWORD}@db:6380/0"})
     assert settings.redis_url.password == PASSWORD
     for shown in (str(settings.redis_url), repr(settings.redis_url), repr(settings)):
         assert PASSWORD not in shown

@@ -23,11 +23,16 @@ from services.common.redis.connection import (
     Arg,
     Backoff,
     Reply,
+    check_redis_tls,
+    open_redis_stream,
+    redis_tls_context,
+    stream_socket,
 )
 from services.common.redis.errors import (
     CommandNotSent,
     RedisError,
     RedisReplyError,
+    RedisTLSError,
     RedisUnavailable,
 )
 from services.common.redis.subscriber import MessageCallback, Subscriber
@@ -42,8 +47,13 @@ __all__ = [
     "RedisClient",
     "RedisError",
     "RedisReplyError",
+    "RedisTLSError",
     "RedisUnavailable",
     "Reply",
     "StateCallback",
     "Subscriber",
+    "check_redis_tls",
+    "open_redis_stream",
+    "redis_tls_context",
+    "stream_socket",
 ]

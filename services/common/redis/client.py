@@ -4,6 +4,7 @@ pipelining), replies matched to callers in order, reconnects with backoff."""
 from __future__ import annotations
 
 import math
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -44,7 +45,7 @@ class _Pending:
 class _CommandConnection:
     """One live command connection: a writer task, a reader task, a stall watchdog."""
 
-    def __init__(self, stream: trio.SocketStream, reader: Any, stall_s: float) -> None:
+    def __init__(self, stream: trio.abc.Stream, reader: Any, stall_s: float) -> None:
         self.stream = stream
         self.reader = reader
         self.stall_s = stall_s
@@ -142,8 +143,10 @@ class RedisClient:
         on_state: StateCallback | None = None,
         on_reconnect: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
+        self.tls = tls
         self.timeout_s = timeout_s
         self.name = name
         self.on_state = on_state
@@ -167,7 +170,7 @@ class RedisClient:
         ever_connected = False
         while True:
             stream, reader = await _open_with_retry(
-                self.url, self.timeout_s, self.name, self.backoff, select_db=True
+                self.url, self.timeout_s, self.name, self.backoff, select_db=True, tls=self.tls
             )
             conn = _CommandConnection(stream, reader, stall_s=self.timeout_s * 3)
             self._conn = conn

@@ -1,9 +1,16 @@
 """Opening a Redis connection: RESP over a Trio stream, parsed by ``hiredis.Reader``,
-with capped exponential backoff and jitter between attempts."""
+with capped exponential backoff and jitter between attempts.
+
+Every Redis socket the gateway opens comes from :func:`open_redis_stream`: TCP
+keepalive on, and TLS (``rediss://``) wrapped there with the context
+:func:`redis_tls_context` builds once from the ``CHAT_REDIS_TLS_*`` files.
+"""
 
 from __future__ import annotations
 
 import random
+import socket
+import ssl
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -11,13 +18,24 @@ import hiredis
 import structlog
 import trio
 
-from services.common.config import RedisURL
-from services.common.redis.errors import RedisError, RedisReplyError, RedisUnavailable
+from services.common.config import ConfigError, RedisURL, Settings
+from services.common.redis.errors import (
+    RedisError,
+    RedisReplyError,
+    RedisTLSError,
+    RedisUnavailable,
+)
 
 log = structlog.get_logger()
 
 RECEIVE_BYTES = 256 * 1024
 RECONNECT_CAP_S = 5.0  # the longest wait between two connection attempts
+# TCP keepalive on every Redis socket: a Redis host that vanished (power, network)
+# without closing the connection is noticed after at most 15 + 6 * 5 = 45 s of
+# silence, even on the subscriber connection, which may carry nothing for long.
+KEEPALIVE_IDLE_S = 15
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT = 6
 
 
 Reply = Any
@@ -65,17 +83,139 @@ class _Wakeup:
         self._flag = False
 
 
-async def _open(url: RedisURL, timeout_s: float, name: str, *, select_db: bool) -> tuple[
-    trio.SocketStream, Any
-]:
+def redis_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The client context for a ``rediss://`` ``settings.redis_url`` (``None``: plain TCP).
+
+    Certificates are verified against ``CHAT_REDIS_TLS_CA`` (the system's CAs when
+    empty) and so is the host name: a Redis reached by IP needs that IP in its
+    certificate's subjectAltName.  Raises :class:`ConfigError` (one line) when a
+    file is missing, unreadable or not PEM, or the key does not match the
+    certificate.
+    """
+    if not settings.redis_url.tls:
+        return None
+    files = (("CHAT_REDIS_TLS_CA", settings.redis_tls_ca),
+             ("CHAT_REDIS_TLS_CERT", settings.redis_tls_cert),
+             ("CHAT_REDIS_TLS_KEY", settings.redis_tls_key))
+    for variable, path in files:
+        if path:
+            try:
+                with open(path, "rb") as file:
+                    file.read(1)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read {variable} {path!r}: {exc.strerror or exc}"
+                ) from None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.redis_tls_ca:
+        try:
+            context.load_verify_locations(cafile=settings.redis_tls_ca)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"CHAT_REDIS_TLS_CA {settings.redis_tls_ca!r} is not a PEM CA bundle"
+                f" ({exc.reason or exc})"
+            ) from None
+    if settings.redis_tls_cert:
+        try:
+            # An encrypted key would make OpenSSL prompt on the terminal: refuse it.
+            context.load_cert_chain(settings.redis_tls_cert, settings.redis_tls_key,
+                                    password=lambda: b"")
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"CHAT_REDIS_TLS_CERT {settings.redis_tls_cert!r} and CHAT_REDIS_TLS_KEY"
+                f" {settings.redis_tls_key!r} are not a usable PEM certificate chain and its"
+                f" unencrypted private key ({exc.reason or exc})"
+            ) from None
+    return context
+
+
+def _set_keepalive(sock: Any) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's timings apply
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+
+
+def stream_socket(stream: trio.abc.Stream) -> Any:
+    """The socket under ``stream`` (through an ``SSLStream``), for options and tests."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream.socket  # type: ignore[attr-defined]
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind ``exc`` (trio wraps it in ``BrokenResourceError``)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) and not isinstance(
+            seen, ssl.SSLEOFError | ssl.SSLZeroReturnError
+        ):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+async def open_redis_stream(
+    host: str, port: int, tls: ssl.SSLContext | None
+) -> trio.abc.Stream:
+    """A connected stream to ``host:port`` with TCP keepalive on; with ``tls``, the
+    TLS handshake done (the certificate verified for ``host``).
+
+    The caller sets the deadline.  Raises :class:`RedisTLSError` when the TLS
+    handshake fails (certificate not trusted, wrong host name, a client certificate
+    refused), ``OSError`` or ``trio.BrokenResourceError`` otherwise.
+    """
+    tcp = await trio.open_tcp_stream(host, port)
+    try:
+        _set_keepalive(tcp.socket)
+        if tls is None:
+            return tcp
+        stream = trio.SSLStream(tcp, tls, server_hostname=host)
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            failure = _tls_failure(exc)
+            if failure is None:
+                raise
+            raise RedisTLSError(
+                f"TLS to Redis at {host}:{port} failed: {_describe_tls(failure)}"
+            ) from None
+        return stream
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+
+
+def _describe_tls(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"certificate verify failed: {exc.verify_message or exc.reason}"
+            " (CHAT_REDIS_TLS_CA must hold the CA that signed Redis's certificate, and the"
+            " certificate must name the host of CHAT_REDIS_URL; an IP needs an IP SAN)"
+        )
+    reason = exc.reason or str(exc)
+    if "ALERT" in reason.upper():
+        return f"Redis refused the handshake ({reason}): check CHAT_REDIS_TLS_CERT and _KEY"
+    return reason
+
+
+async def _open(
+    url: RedisURL, timeout_s: float, name: str, *, select_db: bool,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[trio.abc.Stream, Any]:
     """Connect, authenticate, select the database, name the connection.
 
-    Raises :class:`RedisUnavailable` or :class:`RedisReplyError`.
+    Raises :class:`RedisUnavailable` (its subclass :class:`RedisTLSError` for a
+    failed TLS handshake) or :class:`RedisReplyError`.
     """
     reader = hiredis.Reader(replyError=RedisReplyError)
+    if url.tls and tls is None:
+        tls = ssl.create_default_context()
     try:
         with trio.fail_after(timeout_s):
-            stream = await trio.open_tcp_stream(url.host, url.port)
+            stream = await open_redis_stream(url.host, url.port, tls if url.tls else None)
             try:
                 commands: list[tuple[Arg, ...]] = []
                 if url.password is not None:
@@ -92,7 +232,7 @@ async def _open(url: RedisURL, timeout_s: float, name: str, *, select_db: bool) 
                     data = await stream.receive_some(RECEIVE_BYTES)
                     if not data:
                         raise RedisUnavailable("connection closed during handshake")
-                    reader.feed(data)
+                    reader.feed(bytes(data))
                     while (reply := reader.gets()) is not False:
                         replies.append(reply)
                 for reply in replies:
@@ -106,8 +246,32 @@ async def _open(url: RedisURL, timeout_s: float, name: str, *, select_db: bool) 
     except OSError as exc:
         raise RedisUnavailable(f"cannot connect to {url}: {exc.strerror or exc}") from None
     except trio.BrokenResourceError as exc:
+        # TLS 1.3: a refused client certificate shows only on the first read.
+        failure = _tls_failure(exc)
+        if failure is not None:
+            raise RedisTLSError(
+                f"TLS to Redis at {url.host}:{url.port} failed: {_describe_tls(failure)}"
+            ) from None
         raise RedisUnavailable(f"connection to {url} broke: {exc}") from None
     return stream, reader
+
+
+async def check_redis_tls(settings: Settings) -> None:
+    """Start-up check: one TLS handshake with ``settings.redis_url`` (nothing for
+    ``redis://``).  Raises :class:`RedisTLSError` when the handshake fails; a
+    Redis that cannot be reached is left to the usual reconnect loop."""
+    url = settings.redis_url
+    context = redis_tls_context(settings)
+    if context is None:
+        return
+    try:
+        stream, _ = await _open(url, settings.redis_timeout_s, "chat-tls-check",
+                                select_db=False, tls=context)
+    except RedisTLSError:
+        raise
+    except RedisError:
+        return
+    await trio.aclose_forcefully(stream)
 
 
 async def _open_with_retry(
@@ -118,7 +282,8 @@ async def _open_with_retry(
     *,
     select_db: bool,
     first: Callable[[], bytes] | None = None,
-) -> tuple[trio.SocketStream, Any]:
+    tls: ssl.SSLContext | None = None,
+) -> tuple[trio.abc.Stream, Any]:
     """:func:`_open` until it works (sending what ``first()`` returns, computed
     once connected), sleeping
     with ``backoff`` between attempts; the backoff is reset on success.  Logs the
@@ -126,7 +291,7 @@ async def _open_with_retry(
     failures = 0
     while True:
         try:
-            stream, reader = await _open(url, timeout_s, name, select_db=select_db)
+            stream, reader = await _open(url, timeout_s, name, select_db=select_db, tls=tls)
             data = first() if first is not None else b""
             if data:
                 try:

@@ -24,6 +24,12 @@ class CommandNotSent(RedisUnavailable):
     """The command was never written to Redis (no connection): it certainly did not run."""
 
 
+class RedisTLSError(RedisUnavailable):
+    """The TLS handshake with Redis failed: its certificate is not trusted or not for
+    that host, or it refused ours.  Fatal at start-up, retried like any other
+    connection failure afterwards."""
+
+
 class RedisReplyError(RedisError):
     """Redis answered a command with an error reply."""
 

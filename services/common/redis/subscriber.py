@@ -4,6 +4,7 @@ synchronous callback, so the reader never waits on anyone."""
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -42,8 +43,10 @@ class Subscriber:
         on_reconnect: Callable[[], None] | None = None,
         on_batch_end: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
+        self.tls = tls
         self.on_message = on_message
         self.on_batch_end = on_batch_end
         self.timeout_s = timeout_s
@@ -54,7 +57,7 @@ class Subscriber:
         self.reconnects = 0
         self.wanted: set[bytes] = set()
         self._waiters: dict[bytes, deque[trio.Event]] = {}
-        self._stream: trio.SocketStream | None = None
+        self._stream: trio.abc.Stream | None = None
         self._send_lock = trio.StrictFIFOLock()
         self._restart = trio.Event()
         self._resubscribed: list[bytes] = []
@@ -102,7 +105,7 @@ class Subscriber:
         """Drop the connection and start over (used when the canary stops coming back)."""
         self._restart.set()
 
-    async def _send(self, stream: trio.SocketStream, data: bytes) -> None:
+    async def _send(self, stream: trio.abc.Stream, data: bytes) -> None:
         try:
             async with self._send_lock:
                 await stream.send_all(data)
@@ -126,7 +129,7 @@ class Subscriber:
         while True:
             stream, reader = await _open_with_retry(
                 self.url, self.timeout_s, self.name, self.backoff, select_db=False,
-                first=self._resubscribe_command,
+                first=self._resubscribe_command, tls=self.tls,
             )
             sent = self._resubscribed
             # ``on_reconnect`` waits until Redis confirmed every resubscription:
@@ -189,7 +192,7 @@ class Subscriber:
         await self._restart.wait()
         scope.cancel()
 
-    async def _read(self, stream: trio.SocketStream, reader: Any) -> str:
+    async def _read(self, stream: trio.abc.Stream, reader: Any) -> str:
         on_message = self.on_message
         while True:
             data = await stream.receive_some(RECEIVE_BYTES)
