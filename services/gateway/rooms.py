@@ -138,7 +138,7 @@ class Rooms:
         member.entered(name)
         last_seen = self._replay_history(member, room, history)
         for pub in buffered:
-            if pub.seq > last_seen:
+            if (epoch_order(pub.epoch), pub.seq) > last_seen:
                 member.deliver(p.publication_line(room.name, pub.kind, pub.nick, pub.text))
         return joined.created
 
@@ -155,15 +155,19 @@ class Rooms:
                 except RedisError:
                     await trio.sleep(backoff.next_delay())
 
-    def _replay_history(self, member: Member, room: LocalRoom, history: list[bytes]) -> int:
+    def _replay_history(
+        self, member: Member, room: LocalRoom, history: list[bytes]
+    ) -> tuple[int, int]:
+        """Replay ``history``; returns the newest (epoch order, seq) it held (a
+        room's numbering restarts in each epoch, so seq alone does not order)."""
         chat: list[Publication] = []
-        last_seq = 0
+        last = (0, 0)
         for raw in history:
             try:
                 pub = decode_publication(raw)
             except (ValueError, KeyError, TypeError):
                 continue
-            last_seq = max(last_seq, pub.seq)
+            last = max(last, (epoch_order(pub.epoch), pub.seq))
             if pub.kind in ("msg", "act"):
                 chat.append(pub)
         shown = chat[-self.settings.history_size :] if self.settings.history_size else []
@@ -173,7 +177,7 @@ class Rooms:
                 member.deliver(p.publication_line(room.name, pub.kind, pub.nick, pub.text,
                                                   history=True))
             member.deliver(p.info(f"end of history of {room.name}"))
-        return last_seq
+        return last
 
     async def part(self, member: Member, name: str) -> None:
         """Leave one room, announced in the same step.  Raises RedisError."""
@@ -403,10 +407,13 @@ class Rooms:
         else:
             return
         for room, seq in zip(rooms, seqs, strict=True):
-            if room.filling or room.last_seq is None or epoch is None or seq == 0:
+            if room.filling or room.last_seq is None or epoch is None:
                 continue
             if self.rooms.get(room.name) is not room:
                 continue
+            # A new epoch ends the old one even before anything is published in
+            # it (seq 0): our lines of the old one that never came back are
+            # reported now, not at the room's next line.
             if epoch != room.epoch:
                 if room.epoch is not None and epoch_order(epoch) < epoch_order(room.epoch):
                     continue

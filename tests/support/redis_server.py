@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -41,9 +42,15 @@ class RedisServer:
     """
 
     def __init__(
-        self, port: int | None = None, password: str | None = None, *, appendonly: bool = False
+        self,
+        port: int | None = None,
+        password: str | None = None,
+        *,
+        appendonly: bool = False,
+        extra: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
+        self.extra = list(extra)  # more redis-server arguments (``--replicaof``...)
         # A port chosen here was free a moment ago; another process (or an outgoing
         # connection's local port) may take it before redis-server binds it.
         self._port_chosen = port is None
@@ -92,7 +99,8 @@ class RedisServer:
             return False
 
     def _start_once(self) -> None:
-        extra = ["--requirepass", self.password] if self.password else []
+        extra = ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+        extra += self.extra
         if self.appendonly:  # later arguments win over the no-persistence defaults
             extra += ["--appendonly", "yes", "--appendfsync", "always"]
         command = redis_server_command(redis_server_binary(), self.port, workdir=self.dir, extra=extra)

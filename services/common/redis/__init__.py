@@ -31,6 +31,7 @@ from services.common.redis.errors import (
     RedisUnavailable,
 )
 from services.common.redis.subscriber import MessageCallback, Subscriber
+from services.common.redis.topology import Sentinel, Standalone, Topology, topology_for
 
 __all__ = [
     "RECEIVE_BYTES",
@@ -44,6 +45,10 @@ __all__ = [
     "RedisReplyError",
     "RedisUnavailable",
     "Reply",
+    "Sentinel",
+    "Standalone",
     "StateCallback",
     "Subscriber",
+    "Topology",
+    "topology_for",
 ]

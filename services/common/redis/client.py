@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -14,12 +14,15 @@ import trio
 from services.common.config import RedisURL
 from services.common.redis.connection import (
     RECEIVE_BYTES,
+    Address,
     Arg,
     Backoff,
     Reply,
     _open_with_retry,
     _pack,
     _Wakeup,
+    needs_reconnect,
+    pause,
 )
 from services.common.redis.errors import (
     CommandNotSent,
@@ -27,6 +30,7 @@ from services.common.redis.errors import (
     RedisUnavailable,
     _ConnectionLost,
 )
+from services.common.redis.topology import Topology
 
 log = structlog.get_logger()
 
@@ -52,6 +56,7 @@ class _CommandConnection:
         self.waiting: deque[_Pending] = deque()
         self.wakeup = _Wakeup()
         self.closed = False
+        self.restart = trio.Event()
 
     def submit(self, packed: bytes) -> _Pending:
         pending = _Pending()
@@ -67,6 +72,7 @@ class _CommandConnection:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._watchdog)
+                nursery.start_soon(self._restarter)
                 await self._reader()
         except* (_ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError,
                  OSError) as group:
@@ -81,6 +87,10 @@ class _CommandConnection:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
         raise _ConnectionLost(reason)
+
+    async def _restarter(self) -> None:
+        await self.restart.wait()
+        raise _ConnectionLost("the primary moved")
 
     async def _writer(self) -> None:
         while True:
@@ -100,6 +110,12 @@ class _CommandConnection:
                 if not self.waiting:
                     raise _ConnectionLost("reply with no command waiting for it")
                 pending = self.waiting.popleft()
+                if needs_reconnect(reply):
+                    # Not the primary (any more), or not ready: the command did not
+                    # run; look for the primary again.
+                    pending.reply = CommandNotSent(f"Redis refused it: {reply}")
+                    pending.done.set()
+                    raise _ConnectionLost(f"Redis replied {str(reply).split(' ', 1)[0]}")
                 if not pending.abandoned:
                     pending.reply = reply
                     pending.done.set()
@@ -142,8 +158,16 @@ class RedisClient:
         on_state: StateCallback | None = None,
         on_reconnect: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
+        topology: Topology | None = None,
+        setup: Sequence[tuple[Arg, ...]] = (),
     ) -> None:
+        """``setup``: commands run on every new connection before anyone can use
+        it (an error reply fails the connection attempt)."""
         self.url = url
+        self.topology = topology or Topology(url)
+        self.topology.on_change(self._primary_moved)
+        self.setup = setup
+        self.address: Address | None = None
         self.timeout_s = timeout_s
         self.name = name
         self.on_state = on_state
@@ -166,8 +190,9 @@ class RedisClient:
         task_status.started()
         ever_connected = False
         while True:
-            stream, reader = await _open_with_retry(
-                self.url, self.timeout_s, self.name, self.backoff, select_db=True
+            stream, reader, self.address = await _open_with_retry(
+                self.url, self.timeout_s, self.name, self.backoff, select_db=True,
+                topology=self.topology, setup=self.setup,
             )
             conn = _CommandConnection(stream, reader, stall_s=self.timeout_s * 3)
             self._conn = conn
@@ -180,6 +205,7 @@ class RedisClient:
                 "redis.reconnected" if ever_connected else "redis.connected",
                 connection=self.name,
                 redis=str(self.url),
+                address=f"{self.address[0]}:{self.address[1]}",
             )
             ever_connected = True
             self._connected_event.set()
@@ -194,7 +220,12 @@ class RedisClient:
                 self._conn = None
             if self.on_state:
                 self.on_state(False)
-            await trio.sleep(self.backoff.next_delay())
+            await pause(self.topology, self.backoff.next_delay())
+
+    def _primary_moved(self, address: Address) -> None:
+        conn = self._conn
+        if conn is not None and self.address != address:
+            conn.restart.set()
 
     async def execute(self, *args: Arg, timeout_s: float | None = None) -> Reply:
         """Send one command and return its reply.

@@ -4,8 +4,8 @@ with capped exponential backoff and jitter between attempts."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import hiredis
 import structlog
@@ -15,6 +15,16 @@ from services.common.config import RedisURL
 from services.common.redis.errors import RedisError, RedisReplyError, RedisUnavailable
 
 log = structlog.get_logger()
+
+# Error replies that mean "not this server, not now" rather than "bad command":
+# the command did not run, and the connection is dropped so that the primary is
+# looked up again (a failover demoted this one, or it is loading its data).
+RECONNECT_REPLIES = ("READONLY", "LOADING", "MASTERDOWN")
+
+
+def needs_reconnect(reply: object) -> bool:
+    """Whether ``reply`` is an error reply that calls for a new connection."""
+    return isinstance(reply, RedisReplyError) and str(reply).startswith(RECONNECT_REPLIES)
 
 RECEIVE_BYTES = 256 * 1024
 RECONNECT_CAP_S = 5.0  # the longest wait between two connection attempts
@@ -65,17 +75,66 @@ class _Wakeup:
         self._flag = False
 
 
-async def _open(url: RedisURL, timeout_s: float, name: str, *, select_db: bool) -> tuple[
-    trio.SocketStream, Any
-]:
-    """Connect, authenticate, select the database, name the connection.
+async def open_stream(host: str, port: int) -> trio.SocketStream:
+    """The byte stream to one Redis server or sentinel: every connection (data,
+    pub/sub, sentinel) is opened here, so what applies to one applies to all."""
+    return await trio.open_tcp_stream(host, port)
+
+
+async def handshake(
+    stream: trio.abc.Stream, reader: Any, commands: Sequence[tuple[Arg, ...]]
+) -> list[Reply]:
+    """Send ``commands`` and read one reply each (error replies included)."""
+    await stream.send_all(b"".join(_pack(c) for c in commands))
+    replies: list[Reply] = []
+    while len(replies) < len(commands):
+        data = await stream.receive_some(RECEIVE_BYTES)
+        if not data:
+            raise RedisUnavailable("connection closed during handshake")
+        reader.feed(data)
+        while (reply := reader.gets()) is not False:
+            replies.append(reply)
+    return replies
+
+
+Address = tuple[str, int]
+
+
+class Topology(Protocol):
+    """Where to connect (see :mod:`services.common.redis.topology`)."""
+
+    verify_role: bool
+
+    async def locate(self, timeout_s: float) -> Address: ...
+
+    async def pause(self, delay: float) -> None: ...
+
+
+async def _open(
+    url: RedisURL,
+    timeout_s: float,
+    name: str,
+    *,
+    select_db: bool,
+    topology: Topology | None = None,
+    setup: Sequence[tuple[Arg, ...]] = (),
+) -> tuple[trio.SocketStream, Any, Address]:
+    """Find the server (the primary, through the topology), connect, authenticate,
+    check its role where the topology asks for it, select the database, name the
+    connection, then run ``setup`` (before anyone else can use the connection).
 
     Raises :class:`RedisUnavailable` or :class:`RedisReplyError`.
     """
     reader = hiredis.Reader(replyError=RedisReplyError)
+    where = str(url)
     try:
         with trio.fail_after(timeout_s):
-            stream = await trio.open_tcp_stream(url.host, url.port)
+            if topology is not None:
+                host, port = await topology.locate(timeout_s)
+            else:
+                host, port = url.host, url.port
+            where = f"{host}:{port}"
+            stream = await open_stream(host, port)
             try:
                 commands: list[tuple[Arg, ...]] = []
                 if url.password is not None:
@@ -83,31 +142,32 @@ async def _open(url: RedisURL, timeout_s: float, name: str, *, select_db: bool) 
                         commands.append(("AUTH", url.username, url.password))
                     else:
                         commands.append(("AUTH", url.password))
+                verify = topology is not None and topology.verify_role
+                if verify:
+                    commands.append(("ROLE",))
                 if select_db and url.db:
                     commands.append(("SELECT", url.db))
                 commands.append(("CLIENT", "SETNAME", name))
-                await stream.send_all(b"".join(_pack(c) for c in commands))
-                replies: list[Reply] = []
-                while len(replies) < len(commands):
-                    data = await stream.receive_some(RECEIVE_BYTES)
-                    if not data:
-                        raise RedisUnavailable("connection closed during handshake")
-                    reader.feed(data)
-                    while (reply := reader.gets()) is not False:
-                        replies.append(reply)
+                commands.extend(setup)
+                replies = await handshake(stream, reader, commands)
                 for reply in replies:
                     if isinstance(reply, RedisReplyError):
                         raise reply
+                if verify:
+                    role = replies[1 if url.password is not None else 0]
+                    if not role or role[0] != b"master":
+                        shown = role[0].decode() if role else "unknown"
+                        raise RedisUnavailable(f"{where} is not the primary (role {shown})")
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
     except trio.TooSlowError:
-        raise RedisUnavailable(f"no answer from {url} within {timeout_s}s") from None
+        raise RedisUnavailable(f"no answer from {where} within {timeout_s}s") from None
     except OSError as exc:
-        raise RedisUnavailable(f"cannot connect to {url}: {exc.strerror or exc}") from None
+        raise RedisUnavailable(f"cannot connect to {where}: {exc.strerror or exc}") from None
     except trio.BrokenResourceError as exc:
-        raise RedisUnavailable(f"connection to {url} broke: {exc}") from None
-    return stream, reader
+        raise RedisUnavailable(f"connection to {where} broke: {exc}") from None
+    return stream, reader, (host, port)
 
 
 async def _open_with_retry(
@@ -118,7 +178,9 @@ async def _open_with_retry(
     *,
     select_db: bool,
     first: Callable[[], bytes] | None = None,
-) -> tuple[trio.SocketStream, Any]:
+    topology: Topology | None = None,
+    setup: Sequence[tuple[Arg, ...]] = (),
+) -> tuple[trio.SocketStream, Any, Address]:
     """:func:`_open` until it works (sending what ``first()`` returns, computed
     once connected), sleeping
     with ``backoff`` between attempts; the backoff is reset on success.  Logs the
@@ -126,7 +188,9 @@ async def _open_with_retry(
     failures = 0
     while True:
         try:
-            stream, reader = await _open(url, timeout_s, name, select_db=select_db)
+            stream, reader, address = await _open(
+                url, timeout_s, name, select_db=select_db, topology=topology, setup=setup
+            )
             data = first() if first is not None else b""
             if data:
                 try:
@@ -145,7 +209,15 @@ async def _open_with_retry(
                     attempts=failures,
                     retry_in_s=round(delay, 2),
                 )
-            await trio.sleep(delay)
+            await pause(topology, delay)
             continue
         backoff.reset()
-        return stream, reader
+        return stream, reader, address
+
+
+async def pause(topology: Topology | None, delay: float) -> None:
+    """Sleep ``delay`` seconds, or less if the topology learns the primary moved."""
+    if topology is None:
+        await trio.sleep(delay)
+    else:
+        await topology.pause(delay)
