@@ -107,8 +107,10 @@ def read_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     Raises :class:`UsageError`.
     """
     flags = {"redis_url": args.redis_url, "key_prefix": args.key_prefix}
+    # The topology settings come from the same CHAT_* variables as the gateway's.
+    topology = ("redis_mode", "redis_sentinel_master", "redis_sentinel_password")
     try:
-        return Settings(**given_settings(environ, flags, only=flags))
+        return Settings(**given_settings(environ, flags, only=[*flags, *topology]))
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
 
@@ -119,7 +121,9 @@ def run(args: argparse.Namespace, out: TextIO, environ: Mapping[str, str]) -> in
     url = settings.redis_url
     keys = Keys(settings.key_prefix)
     as_json = getattr(args, "json", False)
-    client = connect(url, args.timeout_s)
+    client = connect(url, args.timeout_s, mode=settings.redis_mode,
+                     master=settings.redis_sentinel_master,
+                     sentinel_password=settings.redis_sentinel_password)
     try:
         result: Any
         if args.command == "who":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.sentinel import Sentinel
 
 from services.common.bans import (
     MAX_REASON_BYTES,
@@ -63,8 +64,25 @@ class GatewayState:
     uptime_s: float | None
 
 
-def connect(url: RedisURL, timeout_s: float) -> redis.Redis:
-    """A redis-py client for ``url``; every command and connect has ``timeout_s``."""
+def connect(
+    url: RedisURL, timeout_s: float, *, mode: str = "standalone", master: str = "",
+    sentinel_password: str = "",
+) -> redis.Redis:
+    """A redis-py client for ``url``; every command and connect has ``timeout_s``.
+    In ``sentinel`` mode ``url`` lists the sentinels and the client talks to the
+    primary they name for ``master`` (looked up again on each new connection)."""
+    if mode == "sentinel":
+        hosts = [(h.host, h.port) for h in url.hosts] or [(url.host, url.port)]
+        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            hosts, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            sentinel_kwargs={"password": sentinel_password or None,
+                             "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
+        )
+        client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+            master, db=url.db, username=url.username, password=url.password,
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True,
+        )
+        return client
     return redis.Redis(
         host=url.host,
         port=url.port,

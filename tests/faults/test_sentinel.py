@@ -17,11 +17,15 @@ second), gateway processes in ``CHAT_REDIS_MODE=sentinel``.
 from __future__ import annotations
 
 import functools
+import io
+import json
 from collections.abc import Callable
 
 import pytest
 import trio
 
+from services.admin.cli import parse_args
+from services.admin.cli import run as run_admin
 from services.common.names import fold_nick
 from tests.faults import test_delivery_accounting as books
 from tests.faults.test_delivery_accounting import Participant
@@ -184,3 +188,11 @@ async def test_promoted_replica_that_lagged_does_not_swallow_new_lines(
         assert [line for line in got if line.startswith("#lobby <bob>")] == [
             f"#lobby <bob> bob after {n}" for n in range(5)], got
         assert not [line for line in client.lines if line.startswith("!! ")], client.lines[-30:]
+
+    # chat-admin understands the same settings and finds the new primary too.
+    out = io.StringIO()
+    environ = {"CHAT_REDIS_URL": topology.url, "CHAT_REDIS_MODE": "sentinel",
+               "CHAT_REDIS_SENTINEL_MASTER": topology.master}
+    assert await trio.to_thread.run_sync(run_admin, parse_args(["--json", "who"]), out, environ) == 0
+    online = json.loads(out.getvalue())["online"]
+    assert sorted(o["nick"] for o in online) == ["alice", "bob"], online
