@@ -431,20 +431,24 @@ class Bus:
         count = max(1, min(count, REPLAY_WINDOW))
         return list(await self.redis.execute("LRANGE", self.keys.room_log(room), -count, -1))
 
-    async def room_position(self, rooms: list[str]) -> tuple[str | None, list[int]]:
-        """The current epoch (``None`` before the first publication) and each room's
-        last sequence number (0 when it has none), in one round trip."""
+    async def room_position(
+        self, rooms: list[str]
+    ) -> tuple[str | None, list[tuple[int, str | None]]]:
+        """The current epoch (``None`` before the first publication) and, for each
+        room, its last sequence number (0 when it has none) with the epoch that
+        number counts in (``None`` when unrecorded): right after a new epoch began,
+        a room's counter still holds the old epoch's last number until the room's
+        next publication.  One round trip."""
         commands: list[tuple[Arg, ...]] = [("GET", self.keys.epoch)]
         for r in rooms:
             commands += [("GET", self.keys.room_seq(r)), ("HGET", self.keys.room_bytes(r), "numbering")]
         replies = await self.redis.pipeline(commands)
         _raise_first_error(replies)
-        epoch = replies[0] if replies[0] is not None else None
-        # A counter of an older epoch restarts at the room's next publication:
-        # nothing of the current epoch was published there yet.
-        seqs = [int(seq) if seq is not None and counted_in in (None, epoch) else 0
-                for seq, counted_in in zip(replies[1::2], replies[2::2], strict=True)]
-        return (epoch.decode() if epoch is not None else None), seqs
+        epoch = replies[0].decode() if replies[0] is not None else None
+        positions = [(int(seq) if seq is not None else 0,
+                      counted_in.decode() if counted_in is not None else epoch)
+                     for seq, counted_in in zip(replies[1::2], replies[2::2], strict=True)]
+        return epoch, positions
 
     async def rooms(self, limit: int) -> tuple[int, list[tuple[str, int]]]:
         """How many rooms have members anywhere, and the ``limit`` largest with
