@@ -133,6 +133,9 @@ async def test_primary_killed_under_load_chat_resumes_and_the_books_balance(
     summary = books.summarize("sentinel-failover", 0, people, gateways)
     summary += f"\nfailover: primary killed, replica promoted after " \
                f"{promoted_at[0] - faulted_at[0]:.2f}s" if promoted_at else ""
+    backs = [p.back_at - faulted_at[0] for p in told if p.back_at is not None]
+    if backs:
+        summary += f"; chat back for every client {max(backs):.2f}s after the kill"
     if excused:
         summary += "\n" + "\n".join(excused)
     if violations:
