@@ -24,7 +24,7 @@ MAX_GATEWAYS_BEHIND_HAPROXY = 9  # deploy/haproxy/haproxy.cfg has server lines g
 DEFAULT_HAPROXY_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
 # The settings the cluster itself uses; the gateways read (and check) the rest.
 SENTINEL_MASTER = "chat"  # the name the sentinels of --redis sentinel monitor
-CLUSTER_SETTINGS = ("redis_url", "log_format", "drain_timeout_s")
+CLUSTER_SETTINGS = ("redis_url", "redis_mode", "log_format", "drain_timeout_s")
 
 
 class ClusterError(Exception):
