@@ -100,7 +100,7 @@ async def handshake(
 Address = tuple[str, int]
 
 
-class Topology(Protocol):
+class Locator(Protocol):
     """Where to connect (see :mod:`services.common.redis.topology`)."""
 
     verify_role: bool
@@ -116,7 +116,7 @@ async def _open(
     name: str,
     *,
     select_db: bool,
-    topology: Topology | None = None,
+    topology: Locator | None = None,
     setup: Sequence[tuple[Arg, ...]] = (),
 ) -> tuple[trio.SocketStream, Any, Address]:
     """Find the server (the primary, through the topology), connect, authenticate,
@@ -178,7 +178,7 @@ async def _open_with_retry(
     *,
     select_db: bool,
     first: Callable[[], bytes] | None = None,
-    topology: Topology | None = None,
+    topology: Locator | None = None,
     setup: Sequence[tuple[Arg, ...]] = (),
 ) -> tuple[trio.SocketStream, Any, Address]:
     """:func:`_open` until it works (sending what ``first()`` returns, computed
@@ -215,7 +215,7 @@ async def _open_with_retry(
         return stream, reader, address
 
 
-async def pause(topology: Topology | None, delay: float) -> None:
+async def pause(topology: Locator | None, delay: float) -> None:
     """Sleep ``delay`` seconds, or less if the topology learns the primary moved."""
     if topology is None:
         await trio.sleep(delay)
