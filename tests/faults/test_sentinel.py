@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import trio
@@ -39,7 +39,7 @@ MESSAGES = 1000
 
 
 @pytest.fixture
-def sentinel_topology() -> SentinelTopology:  # type: ignore[misc]
+def sentinel_topology() -> Iterator[SentinelTopology]:
     with SentinelTopology() as topology:
         yield topology
 
