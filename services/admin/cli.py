@@ -107,9 +107,11 @@ def read_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     Raises :class:`UsageError`.
     """
     flags = {"redis_url": args.redis_url, "key_prefix": args.key_prefix}
-    only = (*flags, "redis_tls_ca", "redis_tls_cert", "redis_tls_key")
+    # The topology and TLS settings come from the same CHAT_* variables as the gateway's.
+    topology = ("redis_mode", "redis_sentinel_master", "redis_sentinel_password",
+                "redis_tls_ca", "redis_tls_cert", "redis_tls_key")
     try:
-        return Settings(**given_settings(environ, flags, only=only))
+        return Settings(**given_settings(environ, flags, only=[*flags, *topology]))
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
 

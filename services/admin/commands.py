@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.sentinel import Sentinel
 
 from services.common.bans import (
     MAX_REASON_BYTES,
@@ -75,7 +76,9 @@ _NO_CLIENT_SETINFO: dict[str, Any] = (
 def connect(url: RedisURL, timeout_s: float, settings: Settings | None = None) -> redis.Redis:
     """A redis-py client for ``url``; every command and connect has ``timeout_s``.
     A ``rediss://`` URL uses TLS with the ``CHAT_REDIS_TLS_*`` files of
-    ``settings``, verifying the certificate and the host name as the gateway does."""
+    ``settings``, verifying the certificate and the host name as the gateway does.
+    In sentinel mode (``settings.redis_mode``) ``url`` lists the sentinels and the
+    client talks to the primary they name (looked up again on each new connection)."""
     tls: dict[str, Any] = {}
     if url.tls:
         tls = {
@@ -86,6 +89,20 @@ def connect(url: RedisURL, timeout_s: float, settings: Settings | None = None) -
             "ssl_certfile": (settings.redis_tls_cert or None) if settings else None,
             "ssl_keyfile": (settings.redis_tls_key or None) if settings else None,
         }
+    if settings is not None and settings.redis_mode == "sentinel":
+        hosts = [(h.host, h.port) for h in url.hosts] or [(url.host, url.port)]
+        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            hosts, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            sentinel_kwargs={"password": settings.redis_sentinel_password or None,
+                             "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
+                             **tls},
+        )
+        client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+            settings.redis_sentinel_master, db=url.db, username=url.username,
+            password=url.password, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            decode_responses=True, **_NO_CLIENT_SETINFO, **tls,
+        )
+        return client
     return redis.Redis(
         host=url.host,
         port=url.port,

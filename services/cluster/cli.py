@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-port", type=_port, help="port of the owned redis-server (default: a free one)"
     )
     parser.add_argument(
+        "--redis",
+        choices=("standalone", "sentinel"),
+        default="standalone",
+        help="the Redis the cluster starts: one redis-server, or a Sentinel-managed primary "
+        "(1 primary, 1 replica, 3 sentinels; failure detected within 1 s) with the gateways "
+        "in CHAT_REDIS_MODE=sentinel",
+    )
+    parser.add_argument(
         "--data",
         type=Path,
         metavar="DIR",

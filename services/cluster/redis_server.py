@@ -57,3 +57,36 @@ def redis_server_command(
     if loglevel is not None:
         argv += ["--loglevel", loglevel]
     return argv + list(extra)
+
+
+def sentinel_command(
+    binary: str,
+    port: int,
+    *,
+    workdir: Path | str,
+    master: str,
+    primary_port: int,
+    primary_host: str = "127.0.0.1",
+    bind: str = "127.0.0.1",
+    quorum: int = 2,
+    down_after_ms: int = 1000,
+    failover_timeout_ms: int = 5000,
+    password: str | None = None,
+) -> list[str]:
+    """The argv of a foreground Redis Sentinel on ``bind:port`` watching the primary
+    at ``primary_host:primary_port`` as ``master``.  A sentinel rewrites its
+    configuration file, so it gets one of its own in ``workdir``."""
+    conf = Path(workdir) / f"sentinel-{port}.conf"
+    lines = [
+        f"port {port}",
+        f"bind {bind}",
+        f"dir {workdir}",
+        f"sentinel monitor {master} {primary_host} {primary_port} {quorum}",
+        f"sentinel down-after-milliseconds {master} {down_after_ms}",
+        f"sentinel failover-timeout {master} {failover_timeout_ms}",
+        f"sentinel parallel-syncs {master} 1",
+    ]
+    if password is not None:
+        lines.append(f"sentinel auth-pass {master} {password}")
+    conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [binary, str(conf), "--sentinel"]

@@ -18,8 +18,8 @@ from pathlib import Path
 import trio
 
 from services.cluster.logs import Output
-from services.cluster.plan import ClusterError, GatewayPlan, Plan
-from services.cluster.redis_server import redis_server_command
+from services.cluster.plan import SENTINEL_MASTER, ClusterError, GatewayPlan, Plan
+from services.cluster.redis_server import redis_server_command, sentinel_command
 from services.cluster.supervisor import Child, Supervisor
 from services.common.probes import haproxy_stat, http_get, redis_ping
 
@@ -52,6 +52,43 @@ def haproxy_ready(rows: list[dict[str, str]]) -> bool:
     return listening and up
 
 
+async def _start_sentinel(
+    sup: Supervisor, nursery: trio.Nursery, workdir: Path, environ: dict[str, str], probe: str
+) -> str:
+    """--redis sentinel: a replica of the primary just started and three sentinels
+    watching it (failure detected within 1 s); returns the gateways' CHAT_REDIS_URL."""
+    plan = sup.plan
+    assert plan.redis_bin is not None
+    replica_dir = workdir / "replica"
+    replica_dir.mkdir(exist_ok=True)
+    command = redis_server_command(
+        plan.redis_bin, plan.replica_port, bind=probe, workdir=replica_dir, loglevel="notice",
+        extra=["--replicaof", probe, str(plan.redis_port)],
+    )
+    replica = await sup.spawn(nursery, "replica", "redis", command, environ)
+    ping = partial(redis_ping, plan.replica_port, probe, timeout_s=PROBE_TIMEOUT_S)
+
+    async def replica_answers() -> bool:
+        return await trio.to_thread.run_sync(ping)
+
+    await wait_ready(replica, "no PONG", replica_answers, plan.ready_timeout_s)
+    for i, port in enumerate(plan.sentinel_ports, start=1):
+        command = sentinel_command(
+            plan.redis_bin, port, workdir=workdir, master=SENTINEL_MASTER,
+            primary_host=probe, primary_port=plan.redis_port, bind=probe,
+            down_after_ms=1000, failover_timeout_ms=5000,
+        )
+        child = await sup.spawn(nursery, f"sentinel{i}", "redis", command, environ)
+        sentinel_ping = partial(redis_ping, port, probe, timeout_s=PROBE_TIMEOUT_S)
+
+        async def sentinel_answers(sentinel_ping: Callable[[], bool] = sentinel_ping) -> bool:
+            return await trio.to_thread.run_sync(sentinel_ping)
+
+        await wait_ready(child, "no PONG", sentinel_answers, plan.ready_timeout_s)
+    hosts = ",".join(f"{probe}:{port}" for port in plan.sentinel_ports)
+    return f"redis://{hosts}/0"
+
+
 async def _start(sup: Supervisor, nursery: trio.Nursery, workdir: Path, environ: dict[str, str]) -> None:
     plan, out = sup.plan, sup.out
     probe = plan.probe_host
@@ -75,6 +112,8 @@ async def _start(sup: Supervisor, nursery: trio.Nursery, workdir: Path, environ:
             return await trio.to_thread.run_sync(ping)
 
         await wait_ready(redis, "no PONG", redis_answers, plan.ready_timeout_s)
+        if plan.sentinel_ports:
+            owned_url = await _start_sentinel(sup, nursery, workdir, environ, probe)
 
     tls_files = await _tls_files(plan, workdir)
     gateways = []

@@ -99,7 +99,10 @@ class Supervisor:
             pid=child.pid,
             returncode=code,
         )
-        if not expected and child.role in ("redis", "haproxy"):
+        # With --redis sentinel a Redis process may die: that is what the sentinels
+        # and the gateways are there to survive (kill the primary to watch a failover).
+        survivable = child.role == "redis" and bool(self.plan.sentinel_ports)
+        if not expected and child.role in ("redis", "haproxy") and not survivable:
             self.fatal_reason = f"{child.name} exited with status {code}"
             self.fatal.set()
 

@@ -53,13 +53,17 @@ class RedisURL:
     # traceback must not show it.
     password: str | None = field(default=None, repr=False)
     tls: bool = False  # rediss://: TLS with the CHAT_REDIS_TLS_* files
+    # Every host of a comma-separated list (``redis://h1:p1,h2:p2/0``: the
+    # sentinels in sentinel mode); empty for a single host.
+    hosts: tuple[HostPort, ...] = ()
 
     def __str__(self) -> str:
         auth = ""
         if self.password is not None:
             auth = f"{self.username or ''}:***@"
         scheme = "rediss" if self.tls else "redis"
-        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+        where = ",".join(str(h) for h in self.hosts) or f"{self.host}:{self.port}"
+        return f"{scheme}://{auth}{where}/{self.db}"
 
 
 def _default_gateway_id() -> str:
@@ -117,9 +121,25 @@ def redact_secrets(text: str) -> str:
     return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S*@\S*", lambda m: redact_url(m.group(0)), text)
 
 
+def _split_host_list(raw: str) -> tuple[str, tuple[HostPort, ...]]:
+    """``raw`` with a comma-separated host list (``redis://a:1,b:2/0``) cut down
+    to its first host, and every host of the list (empty without a comma)."""
+    match = re.match(r"(?P<head>[^/]*//(?:[^@/]*@)?)(?P<hosts>[^/?#]*)(?P<tail>.*)", raw.strip())
+    if match is None or "," not in match["hosts"]:
+        return raw, ()
+    hosts = []
+    for item in match["hosts"].split(","):
+        item = item.strip()
+        hosts.append(parse_host_port(item if re.search(r":\d+$", item) else f"{item}:26379"))
+    return match["head"] + match["hosts"].split(",")[0].strip() + match["tail"], tuple(hosts)
+
+
 def parse_redis_url(raw: str) -> RedisURL:
-    """Parse a Redis URL.  The ``ValueError`` never carries the password."""
+    """Parse a Redis URL.  The ``ValueError`` never carries the password.  A
+    comma-separated host list (the sentinels, in sentinel mode) is kept in
+    ``hosts``; ``host`` and ``port`` are then its first entry."""
     shown = redact_url(raw)
+    raw, hosts = _split_host_list(raw)
     try:
         parts = urlsplit(raw.strip())
     except ValueError:
@@ -140,6 +160,7 @@ def parse_redis_url(raw: str) -> RedisURL:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
         tls=parts.scheme == "rediss",
+        hosts=hosts,
     )
 
 
@@ -205,6 +226,24 @@ def parse_prefix(raw: str) -> str:
     return raw
 
 
+REDIS_MODES = ("standalone", "sentinel")
+
+
+def parse_redis_mode(raw: str) -> str:
+    value = raw.strip().lower()
+    if value == "cluster":
+        raise ValueError("cluster mode is not supported yet (issue 11); use standalone or sentinel")
+    if value not in REDIS_MODES:
+        raise ValueError(f"expected standalone or sentinel, got {raw!r}")
+    return value
+
+
+def parse_sentinel_master(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", raw.strip()):
+        raise ValueError(f"expected a master name (1-64 of A-Z a-z 0-9 _ . : -), got {raw!r}")
+    return raw.strip()
+
+
 def parse_bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -229,9 +268,11 @@ def _setting(
     help: str,
     *,
     metavar: str = "VALUE",
+    secret: bool = False,
 ) -> Any:
     return field(
         default=parse(default) if default != "<generated>" else None,
+        repr=not secret,
         metadata={"raw_default": default, "parse": parse, "help": help, "metavar": metavar},
     )
 
@@ -500,8 +541,35 @@ class Settings:
     redis_tls_key: str = _setting(
         "", parse_path, "PEM private key (unencrypted) of CHAT_REDIS_TLS_CERT", metavar="PATH",
     )
+    # -- Redis topology (issue 12): standalone or Sentinel-managed primary --
+    redis_mode: str = _setting(
+        "standalone",
+        parse_redis_mode,
+        "standalone (CHAT_REDIS_URL is the Redis) or sentinel (CHAT_REDIS_URL lists the"
+        " sentinels, comma-separated; the primary is discovered)",
+        metavar="MODE",
+    )
+    redis_sentinel_master: str = _setting(
+        "mymaster",
+        parse_sentinel_master,
+        "in sentinel mode: the name the sentinels monitor the primary under",
+        metavar="NAME",
+    )
+    redis_sentinel_password: str = _setting(
+        "",
+        str,
+        "in sentinel mode: the password of the sentinels themselves (empty: none);"
+        " the data nodes' password stays in CHAT_REDIS_URL",
+        metavar="PASSWORD",
+        secret=True,
+    )
 
     def __post_init__(self) -> None:
+        if self.redis_mode == "standalone" and self.redis_url.hosts:
+            raise ConfigError(
+                "CHAT_REDIS_URL lists several hosts; that is only for"
+                " CHAT_REDIS_MODE=sentinel (the sentinels)"
+            )
         if self.gateway_id is None:
             object.__setattr__(self, "gateway_id", _default_gateway_id())
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:

@@ -16,8 +16,11 @@ Keys
 ``{p}room:{room}:seq``         STRING per-room publication sequence (INCR)
 ``{p}room:{room}:history``     LIST  the room's last chat lines and actions (replayed on join)
 ``{p}room:{room}:log``         LIST  every recent publication of the room (for gap filling)
-``{p}room:{room}:bytes``       HASH  ``log``, ``history``: the bytes each of those lists holds
-``{p}epoch``                   STRING changes when Redis lost its data; part of every publication
+``{p}room:{room}:bytes``       HASH  ``log``, ``history``: the bytes each of those lists holds;
+                                     ``numbering``: the epoch the room's seq counts in
+``{p}epoch``                   STRING changes when Redis lost its data or may have gone back
+                                     in time (restart, promotion); part of every publication
+``{p}epoch:source``            STRING replication id of the primary the epoch began on
 ``{p}rooms-by-size``           ZSET  rooms that currently have members, scored by minus
                                      their member count (largest first in ZRANGE)
 ``{p}nick:{folded}:rooms``     SET   rooms a nickname is in
@@ -95,6 +98,10 @@ class Keys:
     @property
     def epoch(self) -> str:
         return f"{self.prefix}epoch"
+
+    @property
+    def epoch_source(self) -> str:
+        return f"{self.prefix}epoch:source"
 
     def gateway_addrs(self, gateway_id: str) -> str:
         return f"{self.prefix}gw:{gateway_id}:addrs"

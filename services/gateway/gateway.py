@@ -29,7 +29,14 @@ from typing import Any
 import structlog
 import trio
 
-from services.common.bus import Bus, ClaimResult, PublishUncertain, RegisterResult, Resolution
+from services.common.bus import (
+    Bus,
+    ClaimResult,
+    PublishUncertain,
+    RegisterResult,
+    Resolution,
+    epoch_check_command,
+)
 from services.common.bus.codec import (
     Announce,
     BansChanged,
@@ -53,6 +60,7 @@ from services.common.redis import (
     RedisUnavailable,
     Subscriber,
     redis_tls_context,
+    topology_for,
 )
 from services.gateway import protocol as p
 from services.gateway.accounts import Accounts, Checked
@@ -93,6 +101,8 @@ class Gateway:
         self.metrics.outbox_queued_bytes.set_function(lambda: self.outbox_budget.used)
         self._nursery: trio.Nursery | None = None
         redis_tls = redis_tls_context(settings)  # ConfigError for unusable files
+        # Where the primary is (CHAT_REDIS_MODE); both connections follow it.
+        self.topology = topology_for(settings)
         self.redis = RedisClient(
             settings.redis_url,
             timeout_s=settings.redis_timeout_s,
@@ -100,6 +110,10 @@ class Gateway:
             on_state=self._on_redis_state,
             on_reconnect=self.metrics.redis_reconnects_total.labels(connection="command").inc,
             tls=redis_tls,
+            topology=self.topology,
+            # Before this gateway publishes anything on a (new) primary: a new
+            # epoch if the data may have gone back in time.
+            setup=[epoch_check_command(self.keys)],
         )
         self.subscriber = Subscriber(
             settings.redis_url,
@@ -110,6 +124,7 @@ class Gateway:
             on_state=self._on_redis_state,
             on_reconnect=self._on_subscriber_reconnect,
             tls=redis_tls,
+            topology=self.topology,
         )
         self.bus = Bus(self.redis, self.keys, self.incarnation, room_ttl_s=settings.room_ttl_s,
                        log_bytes=settings.room_log_bytes,
@@ -182,6 +197,7 @@ class Gateway:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.subscriber.wanted.update({self.node_channel, self.all_channel})
+            await nursery.start(self.topology.watch)
             await nursery.start(self.redis.run)
             await nursery.start(self.subscriber.run)
             nursery.start_soon(self.membership.watch_redis_state)

@@ -57,6 +57,11 @@ class LocalRoom:
     fill_abandoned: bool = False
     fill_upto: int = 0  # the newest sequence number known to exist when the fill began
     backlog: list[Publication] = field(default_factory=list)
+    # A newer epoch seen while the old one may still have entries in the log that
+    # this gateway missed: the fill delivers those, then the room moves to it
+    # (and fills that epoch up to next_upto, when known).
+    next_epoch: str | None = None
+    next_upto: int = 0
     progress: trio.Event | None = None  # set on each delivery while someone waits
     # This gateway's own publications not seen back yet, oldest first:
     # (epoch, seq, called if that epoch ends before seq was seen).
@@ -138,7 +143,7 @@ class Rooms:
         member.entered(name)
         last_seen = self._replay_history(member, room, history)
         for pub in buffered:
-            if pub.seq > last_seen:
+            if (epoch_order(pub.epoch), pub.seq) > last_seen:
                 member.deliver(p.publication_line(room.name, pub.kind, pub.nick, pub.text))
         return joined.created
 
@@ -155,15 +160,19 @@ class Rooms:
                 except RedisError:
                     await trio.sleep(backoff.next_delay())
 
-    def _replay_history(self, member: Member, room: LocalRoom, history: list[bytes]) -> int:
+    def _replay_history(
+        self, member: Member, room: LocalRoom, history: list[bytes]
+    ) -> tuple[int, int]:
+        """Replay ``history``; returns the newest (epoch order, seq) it held (a
+        room's numbering restarts in each epoch, so seq alone does not order)."""
         chat: list[Publication] = []
-        last_seq = 0
+        last = (0, 0)
         for raw in history:
             try:
                 pub = decode_publication(raw)
             except (ValueError, KeyError, TypeError):
                 continue
-            last_seq = max(last_seq, pub.seq)
+            last = max(last, (epoch_order(pub.epoch), pub.seq))
             if pub.kind in ("msg", "act"):
                 chat.append(pub)
         shown = chat[-self.settings.history_size :] if self.settings.history_size else []
@@ -173,7 +182,7 @@ class Rooms:
                 member.deliver(p.publication_line(room.name, pub.kind, pub.nick, pub.text,
                                                   history=True))
             member.deliver(p.info(f"end of history of {room.name}"))
-        return last_seq
+        return last
 
     async def part(self, member: Member, name: str) -> None:
         """Leave one room, announced in the same step.  Raises RedisError."""
@@ -228,6 +237,12 @@ class Rooms:
         while awaiting and awaiting[0][0] == room.epoch and awaiting[0][1] <= (room.last_seq or 0):
             awaiting.popleft()
 
+    def _switch_epoch(self, room: LocalRoom, new_epoch: str) -> None:
+        log.info("room.new_epoch", room=room.name, old=room.epoch, new=new_epoch)
+        self._epoch_ended(room, new_epoch)
+        room.epoch, room.last_seq = new_epoch, 0
+        room.next_epoch = None
+
     def _epoch_ended(self, room: LocalRoom, new_epoch: str) -> None:
         """The room's numbering moves to ``new_epoch``: our publications of the old
         epoch that never came back were lost with Redis's data."""
@@ -276,12 +291,13 @@ class Rooms:
             if epoch_order(pub.epoch) < epoch_order(room.epoch):
                 log.warning("bus.stale_epoch", room=room.name, epoch=pub.epoch, seq=pub.seq)
                 return
-            # Redis lost its data and numbering restarted: everything of the new
-            # epoch counts, from seq 1, whatever this gateway missed while it was
-            # resubscribing.
-            log.info("room.new_epoch", room=room.name, old=room.epoch, new=pub.epoch)
-            self._epoch_ended(room, pub.epoch)
-            room.epoch, room.last_seq = pub.epoch, 0
+            # A new epoch (Redis restarted, or a replica was promoted): numbering
+            # restarts from seq 1.  What the log still holds of the old epoch
+            # beyond what we delivered comes first (a restart that kept its data);
+            # the fill then moves the room to the new epoch.
+            room.next_epoch, room.next_upto = pub.epoch, 0
+            self._start_fill(room, [pub])
+            return
         assert room.last_seq is not None
         if pub.seq <= room.last_seq:
             return  # already delivered (a gap fill overlapped the live stream)
@@ -330,7 +346,7 @@ class Rooms:
         with trio.move_on_after(GAP_FILL_GIVE_UP_S) as give_up:
             while not room.fill_abandoned and self.rooms.get(room.name) is room:
                 try:
-                    entries = await self.bus.log(room.name, self._gap_size(room))
+                    entries = await self._read_gap(room)
                     break
                 except RedisError as exc:
                     log.info("gap.fill_retry", room=room.name, error=str(exc))
@@ -369,19 +385,55 @@ class Rooms:
                 member.deliver(p.missed_line(room.name, missing))
         self.flush_batch()
         log.info("gap.filled", room=room.name, delivered=recovered, missing=missing)
+        if room.next_epoch is not None and self.rooms.get(room.name) is room:
+            upto = room.next_upto
+            self._switch_epoch(room, room.next_epoch)
+            if upto > 0:  # the new epoch had publications already: fill them too
+                same = [pub for pub in newer_epoch if pub.epoch == room.epoch]
+                newer_epoch = [pub for pub in newer_epoch if pub.epoch != room.epoch]
+                self._start_fill(room, same + newer_epoch, upto=upto)
+                return
         for pub in newer_epoch:
             self._accept(room, pub)
         self.flush_batch()
 
+    async def _read_gap(self, room: LocalRoom) -> list[bytes]:
+        """The log's newest entries, as few as cover the gap: an estimate first,
+        doubled while the oldest entry read is still past the gap's start (the
+        top of the gap may be unknown, e.g. the rest of an epoch that ended)."""
+        count = self._gap_size(room)
+        while True:
+            entries = await self.bus.log(room.name, count)
+            if count >= REPLAY_WINDOW or len(entries) < count or self._covers(room, entries):
+                return entries
+            count = min(REPLAY_WINDOW, count * 2)
+
+    @staticmethod
+    def _covers(room: LocalRoom, entries: list[bytes]) -> bool:
+        """Whether ``entries`` (oldest first) reach back to the gap's start."""
+        for raw in entries:
+            try:
+                pub = decode_publication(raw)
+            except (ValueError, KeyError, TypeError):
+                continue
+            if room.epoch is None or room.last_seq is None:
+                return False
+            if pub.epoch == room.epoch:
+                return pub.seq <= room.last_seq + 1
+            return epoch_order(pub.epoch) < epoch_order(room.epoch)
+        return False
+
     @staticmethod
     def _gap_size(room: LocalRoom) -> int:
-        """How many of the log's newest entries cover the gap (all of them when the
-        top is unknown)."""
+        """How many of the log's newest entries should cover the gap (all of them
+        when nothing is known)."""
         same = [pub.seq for pub in room.backlog if pub.epoch == room.epoch]
         if room.fill_upto:
             same.append(room.fill_upto)
-        if not same or room.last_seq is None:
+        if room.last_seq is None:
             return REPLAY_WINDOW
+        if not same:  # the top is unknown: start small, _read_gap reads further back
+            return len(room.backlog) + 64
         # Entries published after the backlog's newest one push it back in the log.
         return max(same) - room.last_seq + len(room.backlog) + 64
 
@@ -395,26 +447,40 @@ class Rooms:
             if not rooms:
                 return
             try:
-                epoch, seqs = await self.bus.room_position([room.name for room in rooms])
+                epoch, positions = await self.bus.room_position([room.name for room in rooms])
                 break
             except RedisError as exc:
                 log.info("gap.check_retry", error=str(exc))
                 await trio.sleep(backoff.next_delay())
         else:
             return
-        for room, seq in zip(rooms, seqs, strict=True):
-            if room.filling or room.last_seq is None or epoch is None or seq == 0:
+        for room, (seq, counted_in) in zip(rooms, positions, strict=True):
+            if room.filling or room.last_seq is None or epoch is None:
                 continue
             if self.rooms.get(room.name) is not room:
                 continue
-            if epoch != room.epoch:
-                if room.epoch is not None and epoch_order(epoch) < epoch_order(room.epoch):
-                    continue
-                log.info("room.new_epoch", room=room.name, old=room.epoch, new=epoch)
-                self._epoch_ended(room, epoch)
-                room.epoch, room.last_seq = epoch, 0
-            if seq > room.last_seq:
-                self._start_fill(room, [], upto=seq)
+            if epoch == room.epoch:
+                if counted_in == epoch and seq > room.last_seq:
+                    self._start_fill(room, [], upto=seq)
+                continue
+            if room.epoch is not None and epoch_order(epoch) < epoch_order(room.epoch):
+                continue
+            # A new epoch ends the old one even before anything is published in it:
+            # what the log holds of the old one beyond what we delivered comes first
+            # (its top is the room's counter while that still counts in the old
+            # epoch), then our lines of the old one that never came back are
+            # reported, then the new epoch's lines are filled.
+            if counted_in == room.epoch:
+                room.next_epoch, room.next_upto = epoch, 0
+                if seq > room.last_seq:
+                    self._start_fill(room, [], upto=seq)
+                else:
+                    self._switch_epoch(room, epoch)
+            elif counted_in == epoch and seq > 0:
+                room.next_epoch, room.next_upto = epoch, seq
+                self._start_fill(room, [])
+            else:
+                self._switch_epoch(room, epoch)
 
 
 def epoch_order(epoch: str) -> int:

@@ -132,3 +132,25 @@ def test_bad_tls_arguments_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(ClusterError) as info:
         plan_for(*argv)
     assert message in str(info.value)
+
+
+def test_redis_sentinel_plans_a_replica_and_three_sentinels() -> None:
+    plan = plan_for("--redis", "sentinel")
+    assert plan.redis_bin is not None and plan.replica_port
+    assert len(plan.sentinel_ports) == 3
+    ports = [plan.redis_port, plan.replica_port, *plan.sentinel_ports]
+    assert len(set(ports)) == len(ports)
+    env = plan.gateway_env(plan.gateways[0], "redis://127.0.0.1:1,127.0.0.1:2/0", {})
+    assert env["CHAT_REDIS_MODE"] == "sentinel" and env["CHAT_REDIS_SENTINEL_MASTER"] == "chat"
+
+
+def test_redis_sentinel_is_refused_with_an_external_redis() -> None:
+    with pytest.raises(ClusterError, match="CHAT_REDIS_MODE=sentinel"):
+        plan_for("--redis", "sentinel", env={"CHAT_REDIS_URL": "redis://db:6379/0"})
+
+
+def test_an_external_sentinel_is_passed_on() -> None:
+    env = {"CHAT_REDIS_MODE": "sentinel", "CHAT_REDIS_URL": "redis://s1:26379,s2:26379/0"}
+    plan = plan_for(env=env)
+    assert plan.redis_bin is None and not plan.sentinel_ports
+    assert plan.redis_url is not None and len(plan.redis_url.hosts) == 2

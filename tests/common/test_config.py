@@ -103,6 +103,11 @@ def test_redis_tls_files_that_cannot_be_used(env: dict[str, str], expected: str)
         ({"CHAT_HEARTBEAT_TTL_S": "inf"}, "CHAT_HEARTBEAT_TTL_S"),
         ({"CHAT_REDIS_TIMEOUT_S": "off"}, "CHAT_REDIS_TIMEOUT_S"),
         ({"CHAT_DRAIN_TIMEOUT_S": "inf"}, "CHAT_DRAIN_TIMEOUT_S"),
+        ({"CHAT_REDIS_MODE": "cluster"}, "not supported yet"),
+        ({"CHAT_REDIS_MODE": "ring"}, "CHAT_REDIS_MODE"),
+        ({"CHAT_REDIS_URL": "redis://a:1,b:2/0"}, "CHAT_REDIS_MODE=sentinel"),
+        ({"CHAT_REDIS_MODE": "sentinel", "CHAT_REDIS_SENTINEL_MASTER": "a b"},
+         "CHAT_REDIS_SENTINEL_MASTER"),
     ],
 )
 def test_invalid_values_raise_one_line_errors(env: dict[str, str], needle: str) -> None:
@@ -191,3 +196,18 @@ def test_memory_bounds_defaults_match_the_bus_and_are_checked() -> None:
         load_settings([], {"CHAT_ROOM_TTL_S": "inf"})
     with pytest.raises(ConfigError, match=r"CHAT_OUTBOX_TOTAL_BYTES .* must be at least"):
         load_settings([], {"CHAT_OUTBOX_TOTAL_BYTES": "1000", "CHAT_OUTBOX_BYTES": "2000"})
+
+
+def test_sentinel_mode_takes_a_list_of_sentinels_and_hides_passwords() -> None:
+    settings = load_settings([], {
+        "CHAT_REDIS_MODE": "sentinel",
+        "CHAT_REDIS_URL": "redis://:datapw@10.0.0.1:26379, 10.0.0.2 ,10.0.0.3:26380/0",
+        "CHAT_REDIS_SENTINEL_MASTER": "chat",
+        "CHAT_REDIS_SENTINEL_PASSWORD": "sentinelpw",
+    })
+    url = settings.redis_url
+    assert [str(h) for h in url.hosts] == ["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26380"]
+    assert (url.password, url.db) == ("datapw", 0)
+    assert settings.redis_sentinel_master == "chat"
+    assert str(url) == "redis://:***@10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26380/0"
+    assert "pw" not in repr(settings)

@@ -130,3 +130,19 @@ async def test_reconnect_is_reported_once_redis_confirmed_the_resubscriptions(
             await wait_until(lambda n=attempt: sub.reconnects == n and len(got) == n)  # type: ignore[misc]
         assert got == [b"probe"] * 5
         nursery.cancel_scope.cancel()
+
+
+async def test_readonly_reply_is_not_sent_and_reconnects(redis_server: RedisServer) -> None:
+    """A replica answers writes with READONLY (a failover demoted the server we
+    talk to): the caller learns the command did not run, and the connection is
+    dropped so that the primary is looked up again; in standalone mode too."""
+    with RedisServer(extra=["--replicaof", "127.0.0.1", str(redis_server.port)]) as replica:
+        client = RedisClient(parse_redis_url(replica.url), timeout_s=2.0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            await client.wait_connected()
+            assert await client.execute("GET", "x") is None  # reads work on a replica
+            with pytest.raises(CommandNotSent, match="READONLY"):
+                await client.execute("SET", "x", "1")
+            await wait_until(lambda: client.reconnects >= 1, 10.0, "a reconnect")
+            nursery.cancel_scope.cancel()

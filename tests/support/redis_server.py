@@ -52,6 +52,7 @@ class RedisServer:
         self.extra = list(extra)
         self.username = username
         self.port = port or free_port()
+        self.extra = list(extra)  # more redis-server arguments (``--replicaof``...)
         # A port chosen here was free a moment ago; another process (or an outgoing
         # connection's local port) may take it before redis-server binds it.
         self._port_chosen = port is None
@@ -100,7 +101,8 @@ class RedisServer:
             return False
 
     def _start_once(self) -> None:
-        extra = ["--requirepass", self.password] if self.password and not self.username else []
+        extra = ["--requirepass", self.password, "--masterauth", self.password] if (
+            self.password and not self.username) else []
         extra += self.extra
         if self.appendonly:  # later arguments win over the no-persistence defaults
             extra += ["--appendonly", "yes", "--appendfsync", "always"]

@@ -26,6 +26,7 @@ from services.common.bus.bus import (
     RenameResult,
     Resolution,
     RoomLimitReached,
+    epoch_check_command,
 )
 from services.common.bus.codec import (
     CHAT_KINDS,
@@ -79,4 +80,5 @@ __all__ = [
     "encode_body",
     "encode_message",
     "encode_publication",
+    "epoch_check_command",
 ]

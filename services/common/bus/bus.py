@@ -148,6 +148,7 @@ class Bus:
     _admit = Script("admit")
     _release_addr = Script("release_addr")
     _set_addr = Script("set_addr")
+    _epoch_check = Script("epoch_check")  # run in each connection's set-up
 
     def __init__(
         self, redis: RedisClient, keys: Keys, gateway_id: str, *,
@@ -410,6 +411,13 @@ class Bus:
             reply, Resolution.UNKNOWN
         ), 0
 
+    async def check_epoch(self) -> str:
+        """Start a new epoch if the primary's replication id is not the one the
+        current epoch began on; returns the epoch in force.  Gateways run the same
+        script in each connection's set-up (:func:`epoch_check_command`)."""
+        reply = await self._epoch_check(self.redis, [self.keys.epoch, self.keys.epoch_source])
+        return str(reply.decode())
+
     async def history(self, room: str, count: int) -> list[bytes]:
         """The room's last ``count`` chat lines and actions, oldest first."""
         if count <= 0:
@@ -423,15 +431,24 @@ class Bus:
         count = max(1, min(count, REPLAY_WINDOW))
         return list(await self.redis.execute("LRANGE", self.keys.room_log(room), -count, -1))
 
-    async def room_position(self, rooms: list[str]) -> tuple[str | None, list[int]]:
-        """The current epoch (``None`` before the first publication) and each room's
-        last sequence number (0 when it has none), in one round trip."""
+    async def room_position(
+        self, rooms: list[str]
+    ) -> tuple[str | None, list[tuple[int, str | None]]]:
+        """The current epoch (``None`` before the first publication) and, for each
+        room, its last sequence number (0 when it has none) with the epoch that
+        number counts in (``None`` when unrecorded): right after a new epoch began,
+        a room's counter still holds the old epoch's last number until the room's
+        next publication.  One round trip."""
         commands: list[tuple[Arg, ...]] = [("GET", self.keys.epoch)]
-        commands += [("GET", self.keys.room_seq(r)) for r in rooms]
+        for r in rooms:
+            commands += [("GET", self.keys.room_seq(r)), ("HGET", self.keys.room_bytes(r), "numbering")]
         replies = await self.redis.pipeline(commands)
         _raise_first_error(replies)
         epoch = replies[0].decode() if replies[0] is not None else None
-        return epoch, [int(r) if r is not None else 0 for r in replies[1:]]
+        positions = [(int(seq) if seq is not None else 0,
+                      counted_in.decode() if counted_in is not None else epoch)
+                     for seq, counted_in in zip(replies[1::2], replies[2::2], strict=True)]
+        return epoch, positions
 
     async def rooms(self, limit: int) -> tuple[int, list[tuple[str, int]]]:
         """How many rooms have members anywhere, and the ``limit`` largest with
@@ -597,6 +614,13 @@ class Bus:
             ]
         )
         _raise_first_error(replies)
+
+
+def epoch_check_command(keys: Keys) -> tuple[Arg, ...]:
+    """The command every gateway runs on each new command connection, before
+    anything else uses it: a new epoch when the primary's replication id is not
+    the one the epoch began on (see ``lua/epoch_check.lua``)."""
+    return ("EVAL", Bus._epoch_check.source, 2, keys.epoch, keys.epoch_source)
 
 
 def _raise_first_error(replies: list[Any]) -> None:

@@ -36,6 +36,7 @@ from services.common.redis.errors import (
     RedisUnavailable,
 )
 from services.common.redis.subscriber import MessageCallback, Subscriber
+from services.common.redis.topology import Sentinel, Standalone, Topology, topology_for
 
 __all__ = [
     "RECEIVE_BYTES",
@@ -50,10 +51,14 @@ __all__ = [
     "RedisTLSError",
     "RedisUnavailable",
     "Reply",
+    "Sentinel",
+    "Standalone",
     "StateCallback",
     "Subscriber",
+    "Topology",
     "check_redis_tls",
     "open_redis_stream",
     "redis_tls_context",
     "stream_socket",
+    "topology_for",
 ]

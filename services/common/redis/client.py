@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -15,12 +15,15 @@ import trio
 from services.common.config import RedisURL
 from services.common.redis.connection import (
     RECEIVE_BYTES,
+    Address,
     Arg,
     Backoff,
     Reply,
     _open_with_retry,
     _pack,
     _Wakeup,
+    needs_reconnect,
+    pause,
 )
 from services.common.redis.errors import (
     CommandNotSent,
@@ -28,6 +31,7 @@ from services.common.redis.errors import (
     RedisUnavailable,
     _ConnectionLost,
 )
+from services.common.redis.topology import Topology
 
 log = structlog.get_logger()
 
@@ -53,6 +57,7 @@ class _CommandConnection:
         self.waiting: deque[_Pending] = deque()
         self.wakeup = _Wakeup()
         self.closed = False
+        self.restart = trio.Event()
 
     def submit(self, packed: bytes) -> _Pending:
         pending = _Pending()
@@ -68,6 +73,7 @@ class _CommandConnection:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._watchdog)
+                nursery.start_soon(self._restarter)
                 await self._reader()
         except* (_ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError,
                  OSError) as group:
@@ -82,6 +88,10 @@ class _CommandConnection:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
         raise _ConnectionLost(reason)
+
+    async def _restarter(self) -> None:
+        await self.restart.wait()
+        raise _ConnectionLost("the primary moved")
 
     async def _writer(self) -> None:
         while True:
@@ -101,6 +111,12 @@ class _CommandConnection:
                 if not self.waiting:
                     raise _ConnectionLost("reply with no command waiting for it")
                 pending = self.waiting.popleft()
+                if needs_reconnect(reply):
+                    # Not the primary (any more), or not ready: the command did not
+                    # run; look for the primary again.
+                    pending.reply = CommandNotSent(f"Redis refused it: {reply}")
+                    pending.done.set()
+                    raise _ConnectionLost(f"Redis replied {str(reply).split(' ', 1)[0]}")
                 if not pending.abandoned:
                     pending.reply = reply
                     pending.done.set()
@@ -144,9 +160,17 @@ class RedisClient:
         on_reconnect: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
         tls: ssl.SSLContext | None = None,
+        topology: Topology | None = None,
+        setup: Sequence[tuple[Arg, ...]] = (),
     ) -> None:
+        """``setup``: commands run on every new connection before anyone can use
+        it (an error reply fails the connection attempt)."""
         self.url = url
         self.tls = tls
+        self.topology = topology or Topology(url)
+        self.topology.on_change(self._primary_moved)
+        self.setup = setup
+        self.address: Address | None = None
         self.timeout_s = timeout_s
         self.name = name
         self.on_state = on_state
@@ -169,8 +193,9 @@ class RedisClient:
         task_status.started()
         ever_connected = False
         while True:
-            stream, reader = await _open_with_retry(
-                self.url, self.timeout_s, self.name, self.backoff, select_db=True, tls=self.tls
+            stream, reader, self.address = await _open_with_retry(
+                self.url, self.timeout_s, self.name, self.backoff, select_db=True,
+                topology=self.topology, setup=self.setup, tls=self.tls,
             )
             conn = _CommandConnection(stream, reader, stall_s=self.timeout_s * 3)
             self._conn = conn
@@ -183,6 +208,7 @@ class RedisClient:
                 "redis.reconnected" if ever_connected else "redis.connected",
                 connection=self.name,
                 redis=str(self.url),
+                address=f"{self.address[0]}:{self.address[1]}",
             )
             ever_connected = True
             self._connected_event.set()
@@ -197,7 +223,12 @@ class RedisClient:
                 self._conn = None
             if self.on_state:
                 self.on_state(False)
-            await trio.sleep(self.backoff.next_delay())
+            await pause(self.topology, self.backoff.next_delay())
+
+    def _primary_moved(self, address: Address) -> None:
+        conn = self._conn
+        if conn is not None and self.address != address:
+            conn.restart.set()
 
     async def execute(self, *args: Arg, timeout_s: float | None = None) -> Reply:
         """Send one command and return its reply.

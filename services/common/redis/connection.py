@@ -11,8 +11,8 @@ from __future__ import annotations
 import random
 import socket
 import ssl
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import hiredis
 import structlog
@@ -27,6 +27,16 @@ from services.common.redis.errors import (
 )
 
 log = structlog.get_logger()
+
+# Error replies that mean "not this server, not now" rather than "bad command":
+# the command did not run, and the connection is dropped so that the primary is
+# looked up again (a failover demoted this one, or it is loading its data).
+RECONNECT_REPLIES = ("READONLY", "LOADING", "MASTERDOWN")
+
+
+def needs_reconnect(reply: object) -> bool:
+    """Whether ``reply`` is an error reply that calls for a new connection."""
+    return isinstance(reply, RedisReplyError) and str(reply).startswith(RECONNECT_REPLIES)
 
 RECEIVE_BYTES = 256 * 1024
 RECONNECT_CAP_S = 5.0  # the longest wait between two connection attempts
@@ -201,11 +211,55 @@ def _describe_tls(exc: ssl.SSLError) -> str:
     return reason
 
 
+async def open_stream(host: str, port: int, tls: ssl.SSLContext | None = None) -> trio.abc.Stream:
+    """The byte stream to one Redis server or sentinel: every connection (data,
+    pub/sub, sentinel) is opened here, so what applies to one applies to all
+    (TCP keepalive; TLS with ``tls``: see :func:`open_redis_stream`)."""
+    return await open_redis_stream(host, port, tls)
+
+
+async def handshake(
+    stream: trio.abc.Stream, reader: Any, commands: Sequence[tuple[Arg, ...]]
+) -> list[Reply]:
+    """Send ``commands`` and read one reply each (error replies included)."""
+    await stream.send_all(b"".join(_pack(c) for c in commands))
+    replies: list[Reply] = []
+    while len(replies) < len(commands):
+        data = await stream.receive_some(RECEIVE_BYTES)
+        if not data:
+            raise RedisUnavailable("connection closed during handshake")
+        reader.feed(bytes(data))
+        while (reply := reader.gets()) is not False:
+            replies.append(reply)
+    return replies
+
+
+Address = tuple[str, int]
+
+
+class Locator(Protocol):
+    """Where to connect (see :mod:`services.common.redis.topology`)."""
+
+    verify_role: bool
+
+    async def locate(self, timeout_s: float) -> Address: ...
+
+    async def pause(self, delay: float) -> None: ...
+
+
 async def _open(
-    url: RedisURL, timeout_s: float, name: str, *, select_db: bool,
+    url: RedisURL,
+    timeout_s: float,
+    name: str,
+    *,
+    select_db: bool,
+    topology: Locator | None = None,
+    setup: Sequence[tuple[Arg, ...]] = (),
     tls: ssl.SSLContext | None = None,
-) -> tuple[trio.abc.Stream, Any]:
-    """Connect, authenticate, select the database, name the connection.
+) -> tuple[trio.abc.Stream, Any, Address]:
+    """Find the server (the primary, through the topology), connect, authenticate,
+    check its role where the topology asks for it, select the database, name the
+    connection, then run ``setup`` (before anyone else can use the connection).
 
     Raises :class:`RedisUnavailable` (its subclass :class:`RedisTLSError` for a
     failed TLS handshake) or :class:`RedisReplyError`.
@@ -213,9 +267,15 @@ async def _open(
     reader = hiredis.Reader(replyError=RedisReplyError)
     if url.tls and tls is None:
         tls = ssl.create_default_context()
+    where = str(url)
     try:
         with trio.fail_after(timeout_s):
-            stream = await open_redis_stream(url.host, url.port, tls if url.tls else None)
+            if topology is not None:
+                host, port = await topology.locate(timeout_s)
+            else:
+                host, port = url.host, url.port
+            where = f"{host}:{port}"
+            stream = await open_stream(host, port, tls if url.tls else None)
             try:
                 commands: list[tuple[Arg, ...]] = []
                 if url.password is not None:
@@ -223,55 +283,86 @@ async def _open(
                         commands.append(("AUTH", url.username, url.password))
                     else:
                         commands.append(("AUTH", url.password))
+                verify = topology is not None and topology.verify_role
+                if verify:
+                    commands.append(("ROLE",))
                 if select_db and url.db:
                     commands.append(("SELECT", url.db))
                 commands.append(("CLIENT", "SETNAME", name))
-                await stream.send_all(b"".join(_pack(c) for c in commands))
-                replies: list[Reply] = []
-                while len(replies) < len(commands):
-                    data = await stream.receive_some(RECEIVE_BYTES)
-                    if not data:
-                        raise RedisUnavailable("connection closed during handshake")
-                    reader.feed(bytes(data))
-                    while (reply := reader.gets()) is not False:
-                        replies.append(reply)
+                commands.extend(setup)
+                replies = await handshake(stream, reader, commands)
                 for reply in replies:
                     if isinstance(reply, RedisReplyError):
                         raise reply
+                if verify:
+                    role = replies[1 if url.password is not None else 0]
+                    if not role or role[0] != b"master":
+                        shown = role[0].decode() if role else "unknown"
+                        raise RedisUnavailable(f"{where} is not the primary (role {shown})")
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
     except trio.TooSlowError:
-        raise RedisUnavailable(f"no answer from {url} within {timeout_s}s") from None
+        raise RedisUnavailable(f"no answer from {where} within {timeout_s}s") from None
     except OSError as exc:
-        raise RedisUnavailable(f"cannot connect to {url}: {exc.strerror or exc}") from None
+        raise RedisUnavailable(f"cannot connect to {where}: {exc.strerror or exc}") from None
     except trio.BrokenResourceError as exc:
         # TLS 1.3: a refused client certificate shows only on the first read.
         failure = _tls_failure(exc)
         if failure is not None:
             raise RedisTLSError(
-                f"TLS to Redis at {url.host}:{url.port} failed: {_describe_tls(failure)}"
+                f"TLS to Redis at {where} failed: {_describe_tls(failure)}"
             ) from None
-        raise RedisUnavailable(f"connection to {url} broke: {exc}") from None
-    return stream, reader
+        raise RedisUnavailable(f"connection to {where} broke: {exc}") from None
+    return stream, reader, (host, port)
+
+
+# How long the start-up check listens after the handshake for Redis refusing the
+# client certificate: with TLS 1.3 that refusal comes as an alert just after the
+# handshake completed on the client's side.
+CLIENT_CERT_VERDICT_S = 0.5
 
 
 async def check_redis_tls(settings: Settings) -> None:
     """Start-up check: one TLS handshake with ``settings.redis_url`` (nothing for
-    ``redis://``).  Raises :class:`RedisTLSError` when the handshake fails; a
-    Redis that cannot be reached is left to the usual reconnect loop."""
+    ``redis://``).  Raises :class:`RedisTLSError` when the handshake fails or Redis
+    refuses the client certificate; a Redis that cannot be reached is left to the
+    usual reconnect loop.
+
+    Nothing is written after the handshake: with TLS 1.3 a refused client
+    certificate shows as an alert on the first read, and bytes written after the
+    server closed would make it reset the connection, losing the alert."""
     url = settings.redis_url
     context = redis_tls_context(settings)
     if context is None:
         return
+    where = f"{url.host}:{url.port}"
     try:
-        stream, _ = await _open(url, settings.redis_timeout_s, "chat-tls-check",
-                                select_db=False, tls=context)
+        with trio.fail_after(settings.redis_timeout_s):
+            stream = await open_redis_stream(url.host, url.port, context)
     except RedisTLSError:
         raise
-    except RedisError:
+    except (trio.TooSlowError, OSError, trio.BrokenResourceError):
         return
-    await trio.aclose_forcefully(stream)
+    try:
+        with trio.move_on_after(CLIENT_CERT_VERDICT_S):
+            data = await stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                raise RedisTLSError(
+                    f"TLS to Redis at {where} failed: Redis closed the connection right after"
+                    " the handshake (does it require a client certificate? check"
+                    " CHAT_REDIS_TLS_CERT and _KEY)"
+                )
+    except trio.BrokenResourceError as exc:
+        failure = _tls_failure(exc)
+        if failure is not None:
+            raise RedisTLSError(f"TLS to Redis at {where} failed: {_describe_tls(failure)}") from None
+        raise RedisTLSError(
+            f"TLS to Redis at {where} failed: the connection broke right after the handshake"
+            f" ({exc.__cause__ or exc}); check CHAT_REDIS_TLS_CERT and _KEY"
+        ) from None
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 async def _open_with_retry(
@@ -282,8 +373,10 @@ async def _open_with_retry(
     *,
     select_db: bool,
     first: Callable[[], bytes] | None = None,
+    topology: Locator | None = None,
+    setup: Sequence[tuple[Arg, ...]] = (),
     tls: ssl.SSLContext | None = None,
-) -> tuple[trio.abc.Stream, Any]:
+) -> tuple[trio.abc.Stream, Any, Address]:
     """:func:`_open` until it works (sending what ``first()`` returns, computed
     once connected), sleeping
     with ``backoff`` between attempts; the backoff is reset on success.  Logs the
@@ -291,7 +384,10 @@ async def _open_with_retry(
     failures = 0
     while True:
         try:
-            stream, reader = await _open(url, timeout_s, name, select_db=select_db, tls=tls)
+            stream, reader, address = await _open(
+                url, timeout_s, name, select_db=select_db, topology=topology, setup=setup,
+                tls=tls,
+            )
             data = first() if first is not None else b""
             if data:
                 try:
@@ -310,7 +406,15 @@ async def _open_with_retry(
                     attempts=failures,
                     retry_in_s=round(delay, 2),
                 )
-            await trio.sleep(delay)
+            await pause(topology, delay)
             continue
         backoff.reset()
-        return stream, reader
+        return stream, reader, address
+
+
+async def pause(topology: Locator | None, delay: float) -> None:
+    """Sleep ``delay`` seconds, or less if the topology learns the primary moved."""
+    if topology is None:
+        await trio.sleep(delay)
+    else:
+        await topology.pause(delay)

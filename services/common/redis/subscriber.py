@@ -14,8 +14,17 @@ import trio
 
 from services.common.config import RedisURL
 from services.common.redis.client import StateCallback
-from services.common.redis.connection import RECEIVE_BYTES, Backoff, _open_with_retry, _pack
+from services.common.redis.connection import (
+    RECEIVE_BYTES,
+    Address,
+    Backoff,
+    _open_with_retry,
+    _pack,
+    needs_reconnect,
+    pause,
+)
 from services.common.redis.errors import RedisReplyError, RedisUnavailable
+from services.common.redis.topology import Topology
 
 log = structlog.get_logger()
 
@@ -44,9 +53,13 @@ class Subscriber:
         on_batch_end: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
         tls: ssl.SSLContext | None = None,
+        topology: Topology | None = None,
     ) -> None:
         self.url = url
         self.tls = tls
+        self.topology = topology or Topology(url)
+        self.topology.on_change(self._primary_moved)
+        self.address: Address | None = None
         self.on_message = on_message
         self.on_batch_end = on_batch_end
         self.timeout_s = timeout_s
@@ -127,9 +140,9 @@ class Subscriber:
         task_status.started()
         ever_connected = False
         while True:
-            stream, reader = await _open_with_retry(
+            stream, reader, self.address = await _open_with_retry(
                 self.url, self.timeout_s, self.name, self.backoff, select_db=False,
-                first=self._resubscribe_command, tls=self.tls,
+                first=self._resubscribe_command, tls=self.tls, topology=self.topology,
             )
             sent = self._resubscribed
             # ``on_reconnect`` waits until Redis confirmed every resubscription:
@@ -173,7 +186,11 @@ class Subscriber:
             log.warning("redis.disconnected", connection=self.name, reason=reason)
             if self.on_state:
                 self.on_state(False)
-            await trio.sleep(self.backoff.next_delay())
+            await pause(self.topology, self.backoff.next_delay())
+
+    def _primary_moved(self, address: Address) -> None:
+        if self._stream is not None and self.address != address:
+            self.force_reconnect()
 
     def _resubscribe_command(self) -> bytes:
         # Computed once connected, so channels wanted during the outage are
@@ -201,6 +218,8 @@ class Subscriber:
             reader.feed(data)
             while (reply := reader.gets()) is not False:
                 if isinstance(reply, RedisReplyError):
+                    if needs_reconnect(reply):
+                        return f"Redis replied {str(reply).split(' ', 1)[0]}"
                     log.error("redis.subscriber_error", error=str(reply))
                     continue
                 kind = reply[0]

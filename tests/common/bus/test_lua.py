@@ -40,7 +40,8 @@ def declared(header: str, table: str) -> set[int]:
 
 
 def test_every_script_is_run_by_the_bus_and_ships_with_the_package() -> None:
-    expected = ["admit", "auth_attempt", "auth_undo", "claim", "join_room", "leave_room",
+    expected = ["admit", "auth_attempt", "auth_undo", "claim", "epoch_check", "join_room",
+                "leave_room",
                 "publish", "reap", "register", "release", "release_addr", "rename", "resolve",
                 "set_addr", "set_password"]
     assert script_names() == expected
@@ -171,6 +172,7 @@ async def test_every_key_a_script_writes_was_passed_to_it(
 ) -> None:
     make_bus, calls = watched_bus
     g1, g2 = make_bus("g1~a"), make_bus("g2~b")
+    await g1.check_epoch()
     await g1.claim_nick("alice", "Alice")
     await g2.claim_nick("bob", "Bob")
     for room in ("#a", "#b"):

@@ -80,10 +80,19 @@ end
 -- `history_keep` > 0, to its history (at most that many entries and
 -- `history_bytes` bytes).  `r` holds the room's keys (see room_keys).  Returns
 -- seq, whether this call created any of the room's keys, and the epoch.
+-- A room's numbering belongs to an epoch (field `numbering` of its sizes hash): in
+-- a new epoch it restarts from 1, so that after a promotion of a replica that
+-- lagged, numbers the gateways have already seen under the old epoch are never
+-- reused under it.  (A room counted before epochs were recorded keeps counting.)
 local function publish_room(epoch_key, r, room, body, keep, log_bytes, history_keep, history_bytes)
+  local e = epoch(epoch_key)
+  local counted_in = redis.call('HGET', r.bytes, 'numbering')
+  if counted_in ~= e then
+    if counted_in then redis.call('SET', r.seq, 0, 'KEEPTTL') end
+    redis.call('HSET', r.bytes, 'numbering', e)
+  end
   local seq = redis.call('INCR', r.seq)
   local created = seq == 1
-  local e = epoch(epoch_key)
   local payload = e .. ' ' .. seq .. ' ' .. room .. ' ' .. body
   if keep > 0 and push_capped(r.log, r.bytes, 'log', payload, keep, log_bytes) then
     created = true
