@@ -40,6 +40,8 @@ FD_RESERVE = 64
 # connected, subscriber up, predecessors settled) waits this long, not refused.
 STARTUP_HOLD_S = 5.0
 REFUSAL_TIMEOUT_S = 1.0
+# TLS handshakes run at once only to tell refused TLS clients why (see _refuse_raw).
+REFUSAL_HANDSHAKES = 32
 
 
 class Runnable(Protocol):
@@ -82,6 +84,7 @@ class Server:
         self.open_files = 0
         self.draining = False
         self._listen_scope = trio.CancelScope()
+        self._refusal_handshakes = trio.CapacityLimiter(REFUSAL_HANDSHAKES)
         self._all_gone = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
@@ -120,30 +123,31 @@ class Server:
                 return
             peer, leftover = proxied
         address = client_address(peer.rsplit(":", 1)[0])
-        stream: trio.abc.Stream = raw
-        if tls:
-            secured = await self._tls_handshake(raw, peer, leftover)
-            if secured is None:
-                return
-            stream, leftover = secured, b""
         if not self.admitting.is_set():
             # Starting up: serve this client once we can, rather than refuse it.
             with trio.move_on_after(STARTUP_HOLD_S):
                 await self.admitting.wait()
+        # Admission comes before a TLS handshake, so that a connection still in
+        # its handshake counts against its address's limits like any other.
+        refusal: tuple[str, str] | None = None
         ban = self.admission.banned(address)
         if ban is not None:
-            await self._refuse(stream, peer, f"banned: {ban.reason or 'no reason given'}",
-                               reason="banned")
-            return
-        if len(self.sessions) >= self.capacity or self.draining:
+            refusal = ("banned", f"banned: {ban.reason or 'no reason given'}")
+        elif len(self.sessions) >= self.capacity or self.draining:
             reason = "gateway shutting down" if self.draining else "server full"
-            await self._refuse(stream, peer, f"{reason}; try again later", reason=reason)
-            return
-        refusal = await self.admission.admit(address)
+            refusal = (reason, f"{reason}; try again later")
+        else:
+            refusal = await self.admission.admit(address)
         if refusal is not None:
-            await self._refuse(stream, peer, refusal[1], reason=refusal[0])
+            await self._refuse_raw(raw, peer, leftover, refusal, tls=tls)
             return
         try:
+            stream: trio.abc.Stream = raw
+            if tls:
+                secured = await self._tls_handshake(raw, peer, leftover)
+                if secured is None:
+                    return
+                stream, leftover = secured, b""
             session = self.make_session(stream, peer)
             self.sessions.add(session)
             self.addresses[session] = address
@@ -166,6 +170,32 @@ class Server:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self.settings.redis_timeout_s):
                     await self.admission.release(address)
+
+    async def _refuse_raw(
+        self, raw: trio.SocketStream, peer: str, leftover: bytes, refusal: tuple[str, str],
+        *, tls: bool,
+    ) -> None:
+        """Refuse a connection that was not admitted.  A TLS client is told why
+        over TLS, but at most ``REFUSAL_HANDSHAKES`` such handshakes run at once
+        (they are not counted against any limit): past that it is closed
+        without a word (logged and counted like any refusal)."""
+        reason, told = refusal
+        if not tls:
+            await self._refuse(raw, peer, told, reason=reason)
+            return
+        try:
+            self._refusal_handshakes.acquire_nowait()
+        except trio.WouldBlock:
+            log.warning("client.refused", peer=peer, reason=reason, told=False)
+            self.metrics.refused_connections_total.labels(reason=reason.replace(" ", "_")).inc()
+            await trio.aclose_forcefully(raw)
+            return
+        try:
+            secured = await self._tls_handshake(raw, peer, leftover)
+            if secured is not None:
+                await self._refuse(secured, peer, told, reason=reason)
+        finally:
+            self._refusal_handshakes.release()
 
     async def _refuse(self, stream: trio.abc.Stream, peer: str, told: str, *, reason: str
                       ) -> None:

@@ -141,6 +141,30 @@ async def test_tls_clients_get_the_same_admission_and_drain(
         await trio.open_tcp_stream("127.0.0.1", port)
 
 
+async def test_connections_still_in_their_tls_handshake_count_against_their_address(
+    start_gateway: StartGateway, cert_files: tuple[str, str], client_context: ssl.SSLContext
+) -> None:
+    """Sockets that never start their handshake hold their address's connection
+    slots (they are admitted before the handshake), so one address cannot pile
+    them up; a refused TLS client is still told why, over TLS; another address
+    gets in."""
+    cert, key = cert_files
+    gw = await start_gateway(tls_listen=TLS_ANY_PORT, tls_cert=cert, tls_key=key,
+                             max_connections_per_ip=3, tls_handshake_timeout_s=30)
+    port = gw.tls_ports[0]
+    silent = [await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.7")
+              for _ in range(3)]
+    refused = await ChatClient.connect_tls(port, client_context, source="127.0.0.7")
+    lines = await refused.read_until_closed()
+    assert lines == ["!! disconnected: too many connections from your address (3, at most 3)"]
+    other = await ChatClient.join(port, "other", tls=client_context, source="127.0.0.8")
+    await other.send("fine")
+    await other.expect(r"^#lobby <other> fine$")
+    for stream in silent:
+        await stream.aclose()
+    await other.aclose()
+
+
 class HeaderFirst(trio.abc.Stream):
     """A client transport that sends a PROXY header in the same write as the
     first TLS bytes (the ClientHello), as a proxy may: the gateway then reads
