@@ -26,6 +26,7 @@ import trio
 
 from services.common.bans import client_address
 from services.common.config import Settings
+from services.common.logging import LogThrottle
 from services.common.metrics import Metrics
 from services.gateway import protocol as p
 from services.gateway.admission import Admission
@@ -85,6 +86,8 @@ class Server:
         self.draining = False
         self._listen_scope = trio.CancelScope()
         self._refusal_handshakes = trio.CapacityLimiter(REFUSAL_HANDSHAKES)
+        self._refused_log = LogThrottle(1.0)
+        self._handshake_log = LogThrottle(1.0)
         self._all_gone = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
@@ -171,6 +174,13 @@ class Server:
                 with trio.move_on_after(self.settings.redis_timeout_s):
                     await self.admission.release(address)
 
+    def _log_refused(self, peer: str, reason: str, **fields: object) -> None:
+        # Refusals are counted in chat_refused_connections_total; the log gets at
+        # most one line a second, so a connection flood cannot flood the log.
+        if self._refused_log.allow():
+            log.warning("client.refused", peer=peer, reason=reason,
+                        suppressed=self._refused_log.take_suppressed(), **fields)
+
     async def _refuse_raw(
         self, raw: trio.SocketStream, peer: str, leftover: bytes, refusal: tuple[str, str],
         *, tls: bool,
@@ -186,7 +196,7 @@ class Server:
         try:
             self._refusal_handshakes.acquire_nowait()
         except trio.WouldBlock:
-            log.warning("client.refused", peer=peer, reason=reason, told=False)
+            self._log_refused(peer, reason, told=False)
             self.metrics.refused_connections_total.labels(reason=reason.replace(" ", "_")).inc()
             await trio.aclose_forcefully(raw)
             return
@@ -200,7 +210,7 @@ class Server:
     async def _refuse(self, stream: trio.abc.Stream, peer: str, told: str, *, reason: str
                       ) -> None:
         """Tell a client why it is not served, in one line, and close."""
-        log.warning("client.refused", peer=peer, reason=reason)
+        self._log_refused(peer, reason)
         self.metrics.refused_connections_total.labels(reason=reason.replace(" ", "_")).inc()
         with trio.move_on_after(REFUSAL_TIMEOUT_S):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -248,7 +258,9 @@ class Server:
             await trio.aclose_forcefully(raw)
             raise
         self.metrics.tls_handshake_failures_total.labels(reason=reason).inc()
-        log.info("tls.handshake_failed", peer=peer, reason=reason, error=str(detail)[:200])
+        if self._handshake_log.allow():  # a flood of failed handshakes is one line a second
+            log.info("tls.handshake_failed", peer=peer, reason=reason, error=str(detail)[:200],
+                     suppressed=self._handshake_log.take_suppressed())
         await trio.aclose_forcefully(raw)
         return None
 
