@@ -186,16 +186,23 @@ async def open_redis_stream(
         try:
             await stream.do_handshake()
         except trio.BrokenResourceError as exc:
-            failure = _tls_failure(exc)
-            if failure is None:
+            tls_error = _tls_error(f"{host}:{port}", exc)
+            if tls_error is None:
                 raise
-            raise RedisTLSError(
-                f"TLS to Redis at {host}:{port} failed: {_describe_tls(failure)}"
-            ) from None
+            raise tls_error from None
         return stream
     except BaseException:
         await trio.aclose_forcefully(tcp)
         raise
+
+
+def _tls_error(where: str, exc: BaseException) -> RedisTLSError | None:
+    """The :class:`RedisTLSError` to raise for ``exc`` when a TLS error is behind
+    it (trio wraps it in ``BrokenResourceError``), else ``None``."""
+    failure = _tls_failure(exc)
+    if failure is None:
+        return None
+    return RedisTLSError(f"TLS to Redis at {where} failed: {_describe_tls(failure)}")
 
 
 def _describe_tls(exc: ssl.SSLError) -> str:
@@ -308,11 +315,9 @@ async def _open(
         raise RedisUnavailable(f"cannot connect to {where}: {exc.strerror or exc}") from None
     except trio.BrokenResourceError as exc:
         # TLS 1.3: a refused client certificate shows only on the first read.
-        failure = _tls_failure(exc)
-        if failure is not None:
-            raise RedisTLSError(
-                f"TLS to Redis at {where} failed: {_describe_tls(failure)}"
-            ) from None
+        tls_error = _tls_error(where, exc)
+        if tls_error is not None:
+            raise tls_error from None
         raise RedisUnavailable(f"connection to {where} broke: {exc}") from None
     return stream, reader, (host, port)
 
@@ -354,9 +359,9 @@ async def check_redis_tls(settings: Settings) -> None:
                     " CHAT_REDIS_TLS_CERT and _KEY)"
                 )
     except trio.BrokenResourceError as exc:
-        failure = _tls_failure(exc)
-        if failure is not None:
-            raise RedisTLSError(f"TLS to Redis at {where} failed: {_describe_tls(failure)}") from None
+        tls_error = _tls_error(where, exc)
+        if tls_error is not None:
+            raise tls_error from None
         raise RedisTLSError(
             f"TLS to Redis at {where} failed: the connection broke right after the handshake"
             f" ({exc.__cause__ or exc}); check CHAT_REDIS_TLS_CERT and _KEY"
